@@ -1,0 +1,54 @@
+"""PostgreSQL LISTEN/NOTIFY as a publish/subscribe bus for Python services.
+
+One :class:`Dispatcher` thread owns one psycopg2 connection and routes every notification to a
+per-channel blinker signal::
+
+    from pgpubsub_dispatch import Dispatcher
+
+    bus = Dispatcher("postgresql://user@host/db")
+
+    @bus.on("orders")
+    def on_order(notification):
+        print(notification.channel, notification.payload, notification.pid)
+
+    with bus:
+        bus.notify("orders", "42")
+
+The 2015 ``pgpubsub`` API (:func:`connect`, :class:`PubSub`) and its table-change trigger helpers
+are kept, built on the dispatcher.
+"""
+
+from __future__ import annotations
+
+from ._names import MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES
+from .compat import PubSub, connect
+from .dispatcher import Dispatcher
+from .errors import (
+    DispatcherStopped,
+    InvalidChannelName,
+    NoServerAvailable,
+    PayloadTooLarge,
+    PubSubError,
+)
+from .notification import Notification
+from .signals import connected, disconnected, handler_error, reconnected
+
+__all__ = [
+    "MAX_CHANNEL_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "Dispatcher",
+    "DispatcherStopped",
+    "InvalidChannelName",
+    "NoServerAvailable",
+    "Notification",
+    "PayloadTooLarge",
+    "PubSub",
+    "PubSubError",
+    "connect",
+    "connected",
+    "disconnected",
+    "handler_error",
+    "reconnected",
+]
+
+__version__ = "0.1.0"

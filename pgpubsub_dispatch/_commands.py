@@ -1,0 +1,92 @@
+"""The commands that cross from callers' threads to the dispatcher thread.
+
+Each carries a :class:`concurrent.futures.Future`: the dispatcher thread sets its result or
+exception, the caller waits on it. A command is plain data; what it does lives in the
+dispatcher's ``_loop_*`` methods, so that all code touching the connection is in one place.
+Arguments are validated when a command is built, in the caller's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ._names import check_channel, check_payload
+
+__all__ = [
+    "Command",
+    "Handler",
+    "Listen",
+    "Notify",
+    "Subscribe",
+    "Unlisten",
+    "Unsubscribe",
+]
+
+Handler = Callable[[Any], object]
+"""A receiver: any callable taking one positional argument, the notification."""
+
+
+class Command:
+    """Base of every command: the future the caller waits on."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: Future[None] = Future()
+
+
+class Listen(Command):
+    """LISTEN ``channel`` and remember that it was asked for explicitly."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: str) -> None:
+        super().__init__()
+        self.channel = check_channel(channel)
+
+
+class Unlisten(Command):
+    """UNLISTEN ``channel`` and drop its notifications already received."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: str) -> None:
+        super().__init__()
+        self.channel = check_channel(channel)
+
+
+class Notify(Command):
+    """``SELECT pg_notify(channel, payload)`` in a transaction of its own."""
+
+    __slots__ = ("channel", "payload")
+
+    def __init__(self, channel: str, payload: str) -> None:
+        super().__init__()
+        self.channel = check_channel(channel)
+        self.payload = check_payload(payload)
+
+
+class Subscribe(Command):
+    """Connect ``handler`` to the channel's signal, LISTENing first if needed."""
+
+    __slots__ = ("channel", "handler")
+
+    def __init__(self, channel: str, handler: Handler) -> None:
+        super().__init__()
+        self.channel = check_channel(channel)
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self.handler = handler
+
+
+class Unsubscribe(Command):
+    """Disconnect ``handler``; UNLISTEN when nothing else wants the channel."""
+
+    __slots__ = ("channel", "handler")
+
+    def __init__(self, channel: str, handler: Handler) -> None:
+        super().__init__()
+        self.channel = check_channel(channel)
+        self.handler = handler

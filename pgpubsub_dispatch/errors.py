@@ -1,0 +1,52 @@
+"""The exceptions this package raises, all in one place.
+
+Every class derives from :class:`PubSubError`, so ``except PubSubError`` catches anything of
+ours, and also from the built-in class a user would naturally catch (``ValueError`` for bad
+input, ``RuntimeError`` for a dispatcher that cannot serve a call). Errors reported by the
+server are not wrapped: they reach the caller as the ``psycopg2.Error`` subclass psycopg2 raised.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DispatcherStopped",
+    "InvalidChannelName",
+    "NoServerAvailable",
+    "PayloadTooLarge",
+    "PubSubError",
+]
+
+
+class PubSubError(Exception):
+    """Base class of every exception defined by pgpubsub_dispatch."""
+
+
+class InvalidChannelName(PubSubError, ValueError):
+    """A channel name the server would reject, truncate or fold.
+
+    Raised before anything is sent, by every entry point that takes a channel (``listen``,
+    ``unlisten``, ``notify``, ``subscribe``, ``on``, ``unsubscribe``, ``signal``), when the name is
+    not a ``str``, is empty, contains NUL, or is longer than 63 bytes in UTF-8 (PostgreSQL's
+    NAMEDATALEN - 1; ``LISTEN`` would silently truncate it, so two names could collide).
+    """
+
+
+class PayloadTooLarge(PubSubError, ValueError):
+    """A payload of 8000 bytes or more in UTF-8.
+
+    PostgreSQL refuses payloads that are not shorter than 8000 bytes (``payload string too
+    long``, SQLSTATE 22023); this is raised in the caller's thread before anything is sent.
+    """
+
+
+class DispatcherStopped(PubSubError, RuntimeError):
+    """The dispatcher cannot serve the call: it is not running, or stopped while it waited.
+
+    Raised by ``notify`` on a dispatcher that is not running, and by any call that was waiting
+    on the command queue when ``stop()`` ran or the connection was lost. ``__cause__`` holds
+    the connection error when there was one.
+    """
+
+
+class NoServerAvailable(PubSubError, RuntimeError):
+    """No PostgreSQL server could be found or started by :mod:`pgpubsub_dispatch.devserver`."""

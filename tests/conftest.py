@@ -1,0 +1,83 @@
+"""Fixtures shared by every test: a real PostgreSQL server, a sender connection, collectors.
+
+The server comes from :func:`pgpubsub_dispatch.devserver.server` (``PGPUBSUB_DSN``, else libpq's
+``PG*`` environment, else a throwaway embedded server). When none can be had, every test errors:
+this suite never skips its database tests, and a run that skips anything fails.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from pgpubsub_dispatch import devserver
+
+BOUND = 10.0
+"""Seconds any single wait in a test may take before the test fails."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dsn() -> Iterator[str]:
+    """The DSN of a reachable server, for the whole session; errors loudly when there is none."""
+    with devserver.server() as found:
+        conn = psycopg2.connect(found, connect_timeout=10)
+        conn.close()
+        yield found
+
+
+@pytest.fixture
+def sender(dsn: str) -> Iterator[psycopg2.extensions.connection]:
+    """A plain autocommit psycopg2 connection, for notifying from another session."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def send(conn: psycopg2.extensions.connection, channel: str, payload: str = "") -> None:
+    """NOTIFY from ``conn`` (autocommit) with the exact, case-sensitive channel name."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+class Collector:
+    """A handler that records every notification and lets a test wait for a count of them."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, notification: Any) -> None:
+        with self._cond:
+            self.items.append(notification)
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float = BOUND) -> list[Any]:
+        """Wait until at least ``count`` items arrived; fail the test after ``timeout`` s."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.items) >= count, timeout)
+            assert ok, f"expected {count} notifications within {timeout}s, got {self.items!r}"
+            return list(self.items)
+
+    @property
+    def payloads(self) -> list[str]:
+        with self._cond:
+            return [n.payload for n in self.items]
+
+
+@pytest.fixture
+def collector() -> Collector:
+    return Collector()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test is a failure here: the suite must prove everything against a server."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
+        reporter.write_line("FAILED: tests were skipped; this suite must not skip", red=True)
+        session.exitstatus = 1
