@@ -187,6 +187,8 @@ class Dispatcher:
         try:
             started.result()
         except BaseException:
+            if not started.done():  # interrupted here (KeyboardInterrupt): end the attempt
+                self._request_stop()
             thread.join()
             raise
         return self
@@ -203,15 +205,9 @@ class Dispatcher:
             takes (a handler that never returns then blocks it). When it passes, a warning is
             logged and the thread, a daemon, ends on its own.
         """
-        with self._lock:
-            thread = self._thread
-            if self._state is _State.IDLE or thread is None:
-                return
-            if self._state is not _State.STOPPING:
-                self._state = _State.STOPPING
-                self._stop_requested = True
-                if self._waker is not None:
-                    self._waker.wake()
+        thread = self._request_stop()
+        if thread is None:
+            return
         if threading.get_ident() == thread.ident:
             return
         thread.join(timeout)
@@ -345,6 +341,19 @@ class Dispatcher:
         return found
 
     # ------------------------------------------------------------ callers' threads, private
+
+    def _request_stop(self) -> threading.Thread | None:
+        """Ask the thread to stop; return it, or ``None`` when there is none to stop."""
+        with self._lock:
+            thread = self._thread
+            if self._state is _State.IDLE or thread is None:
+                return None
+            if self._state is not _State.STOPPING:
+                self._state = _State.STOPPING
+                self._stop_requested = True
+                if self._waker is not None:
+                    self._waker.wake()
+            return thread
 
     def _connect_timeout(self) -> float | None:
         value = self._connect_kwargs.get("connect_timeout")
