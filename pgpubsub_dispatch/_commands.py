@@ -17,6 +17,7 @@ from ._names import check_channel, check_payload
 __all__ = [
     "Command",
     "Handler",
+    "Heartbeat",
     "Listen",
     "Notify",
     "Subscribe",
@@ -90,3 +91,9 @@ class Unsubscribe(Command):
         super().__init__()
         self.channel = check_channel(channel)
         self.handler = handler
+
+
+class Heartbeat(Command):
+    """The dispatcher's own liveness probe: ``SELECT pg_listening_channels()``."""
+
+    __slots__ = ()

@@ -126,8 +126,14 @@ class _ConnectionLost(NamedTuple):
     error: BaseException
 
 
+class _Reconnected(NamedTuple):
+    """The dispatcher listens again on a new session (notifications may have been missed)."""
+
+    backend_pid: int
+
+
 # Not ``X | Y``: this alias is evaluated at run time, and Python 3.9 has no ``|`` on types.
-_Event = Union[_Received, _ConnectionLost]
+_Event = Union[_Received, _ConnectionLost, _Reconnected]
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,20 +330,28 @@ def _listen(
         if error is not None:  # runs on the dispatcher thread
             events.put(_ConnectionLost(error))
 
+    def on_reconnected(sender: object, backend_pid: int) -> None:
+        events.put(_Reconnected(backend_pid))
+
     bus = Dispatcher(dsn)
     for channel in wanted:
         bus.subscribe(channel, enqueue)
     signals.disconnected.connect(on_disconnected, sender=bus, weak=False)
+    signals.reconnected.connect(on_reconnected, sender=bus, weak=False)
     try:
         with _stop_on_signal(bus):
             try:
                 _start(bus, dsn, source)
-                _say(f"listening on {', '.join(_quoted(channel) for channel in wanted)}")
-                return _print_events(events, bus, dsn, count=count, timeout=timeout)
+                listening = f"listening on {', '.join(_quoted(channel) for channel in wanted)}"
+                _say(listening)
+                return _print_events(
+                    events, bus, dsn, count=count, timeout=timeout, listening=listening
+                )
             finally:
                 _stop_quietly(bus)
     finally:
         signals.disconnected.disconnect(on_disconnected, sender=bus)
+        signals.reconnected.disconnect(on_reconnected, sender=bus)
 
 
 def _print_events(
@@ -347,8 +361,12 @@ def _print_events(
     *,
     count: int | None,
     timeout: float | None,
+    listening: str,
 ) -> int:
     """Print events until ``count`` or ``timeout``; return the exit code.
+
+    After a reconnection, ``listening`` is written to stderr again, with a note that
+    notifications sent while disconnected may have been missed.
 
     :raises CommandError: when the dispatcher stops on its own (its connection is lost and it
         does not reconnect). A loss it recovers from is only a warning on stderr.
@@ -373,6 +391,9 @@ def _print_events(
             if not bus.running:
                 raise CommandError(_lost_message(lost)) from lost
             _report(_lost_message(lost), dsn, "warning")
+            continue
+        if isinstance(event, _Reconnected):
+            _say(f"{listening} again (reconnected; notifications sent meanwhile may be missing)")
             continue
         if not _print_json(event):
             return EXIT_OK  # the reader closed our standard output: nobody is listening

@@ -16,16 +16,24 @@ A call made on the dispatcher thread itself (from a handler or a lifecycle-signa
 runs in place instead of waiting on the queue, so handlers can ``notify``, ``listen``,
 ``unsubscribe`` or ``stop`` without deadlocking.
 
+When the connection is lost, the thread reconnects with exponential backoff, LISTENs every
+channel again in one round trip, and sends ``reconnected`` before dispatching anything. Between
+a loss and a reconnect, ``listen``/``unlisten``/``subscribe``/``unsubscribe`` are recorded and
+applied on reconnect, and ``notify`` waits for the connection (up to its timeout).
+
 PostgreSQL documentation relied on: NOTIFY, LISTEN, UNLISTEN (delivery at commit, session scope,
-folding of identical notifications in one transaction) and libpq's asynchronous command
-processing (section "Asynchronous Notification").
+folding of identical notifications in one transaction), ``pg_listening_channels()`` (System
+Information Functions) and libpq's asynchronous command processing and keepalive parameters.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import logging
+import os
+import random
 import threading
 import time
 import weakref
@@ -40,12 +48,22 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from . import signals
-from ._commands import Command, Handler, Listen, Notify, Subscribe, Unlisten, Unsubscribe
+from ._commands import (
+    Command,
+    Handler,
+    Heartbeat,
+    Listen,
+    Notify,
+    Subscribe,
+    Unlisten,
+    Unsubscribe,
+)
+from ._connection import attempt_timeout, describe_target, with_liveness
 from ._names import check_channel
 from ._waiting import Waker, wait
-from .errors import DispatcherStopped
+from .errors import DispatcherStopped, NotConnected
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "DispatcherStats"]
 
 log = logging.getLogger("pgpubsub_dispatch")
 
@@ -63,40 +81,123 @@ _STOP_GRACE_SECONDS = 5.0
 
 _RESERVED_KWARGS = frozenset({"async", "async_", "connection_factory"})
 
+_LIVE: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+"""Every dispatcher of this process, for the fork handler."""
+
 
 class _State(enum.Enum):
     IDLE = "idle"  # never started, or stopped: calls record their changes
     STARTING = "starting"  # thread connecting: calls queue up
-    RUNNING = "running"
+    RUNNING = "running"  # connected, or reconnecting
     STOPPING = "stopping"  # calls fail with DispatcherStopped
+    FORKED = "inherited through fork()"  # a child's copy: every call fails
+
+
+class _ConnectionLost(Exception):
+    """Raised on the dispatcher thread when the session is gone; ``reason`` says why."""
+
+    def __init__(self, reason: BaseException) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatcherStats:
+    """A snapshot of a dispatcher's counters, from :meth:`Dispatcher.stats`.
+
+    Counters cover the dispatcher's whole life (all starts), in notifications unless noted.
+
+    Attributes:
+        received: notifications read from the server.
+        dispatched: notifications handed to the handlers of a listened channel.
+        dropped: notifications discarded because their channel had no route (no handlers, or
+            unlistened before they were dispatched).
+        handler_errors: exceptions raised by handlers.
+        reconnects: successful reconnections.
+        last_error: text of the last connection error, or ``None``.
+        backend_pid: pid of the current server session, ``None`` when not connected.
+        connected: whether a session is up right now.
+    """
+
+    received: int
+    dispatched: int
+    dropped: int
+    handler_errors: int
+    reconnects: int
+    last_error: str | None
+    backend_pid: int | None
+    connected: bool
 
 
 class Dispatcher:
     """Route PostgreSQL notifications to per-channel blinker signals, from one thread.
 
-    ``Dispatcher(dsn=None, /, **connect_kwargs)`` takes the arguments of
-    :func:`psycopg2.connect`: a libpq connection string or URI, keyword parameters, or both
+    ``Dispatcher(dsn=None, /, *, reconnect=True, ..., **connect_kwargs)`` takes the arguments
+    of :func:`psycopg2.connect`: a libpq connection string or URI, keyword parameters, or both
     (keywords win); with neither, libpq reads its environment (``PGHOST``, ``PGDATABASE``, ...).
-    Nothing connects until :meth:`start`.
+    Multi-host strings (``host=a,b port=5432,5433 target_session_attrs=read-write``) work: each
+    reconnection tries the hosts in order. TCP keepalives are switched on unless the DSN or
+    keywords set them (``keepalives_idle=10``, ``keepalives_interval=5``, ``keepalives_count=3``,
+    ``tcp_user_timeout=30000`` ms). Nothing connects until :meth:`start`.
 
     Every method may be called from any thread, including from a handler (it then runs in
     place on the dispatcher thread).
 
     :param dsn: libpq connection string or URI, or ``None``.
+    :param reconnect: reconnect when the connection is lost (default). When ``False``, a lost
+        connection stops the dispatcher (``disconnected`` is sent with the error).
+    :param backoff_min: seconds before the first reconnection attempt (default 0.1); each
+        failure doubles the delay, with random jitter of up to half of it.
+    :param backoff_max: the longest delay between attempts, in seconds (default 30).
+    :param heartbeat_interval: seconds without traffic after which the dispatcher checks its
+        session with ``SELECT pg_listening_channels()`` (default 10); ``None`` disables it.
+    :param heartbeat_timeout: seconds that check may take before the connection is declared
+        dead and replaced (default 5). A command of the caller's that makes no progress for
+        ``heartbeat_interval + heartbeat_timeout`` seconds is also taken as a dead connection.
     :param connect_kwargs: libpq parameters (``host``, ``dbname``, ``user``, ``connect_timeout``,
-        ...) as for :func:`psycopg2.connect`.
+        ...) as for :func:`psycopg2.connect`. ``connect_timeout`` (default 10) bounds each
+        connection attempt.
     :raises TypeError: if ``dsn`` is not a ``str`` or ``None``, or a keyword is one the
         dispatcher sets itself (``async_``, ``connection_factory``).
+    :raises ValueError: if an interval is not a positive number of seconds, or
+        ``backoff_min > backoff_max``.
     """
 
-    def __init__(self, dsn: str | None = None, /, **connect_kwargs: Any) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        /,
+        *,
+        reconnect: bool = True,
+        backoff_min: float = 0.1,
+        backoff_max: float = 30.0,
+        heartbeat_interval: float | None = 10.0,
+        heartbeat_timeout: float = 5.0,
+        **connect_kwargs: Any,
+    ) -> None:
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str or None, not {type(dsn).__name__}")
         reserved = _RESERVED_KWARGS.intersection(connect_kwargs)
         if reserved:
             raise TypeError(f"the dispatcher sets {', '.join(sorted(reserved))} itself")
+        for name, value in [
+            ("backoff_min", backoff_min),
+            ("backoff_max", backoff_max),
+            ("heartbeat_timeout", heartbeat_timeout),
+            ("heartbeat_interval", 1.0 if heartbeat_interval is None else heartbeat_interval),
+        ]:
+            if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if backoff_min > backoff_max:
+            raise ValueError(f"backoff_min ({backoff_min}) exceeds backoff_max ({backoff_max})")
         self._dsn = dsn
-        self._connect_kwargs = dict(connect_kwargs)
+        self._connect_kwargs = with_liveness(dsn, dict(connect_kwargs))
+        self._target = describe_target(dsn, connect_kwargs)
+        self._attempt_seconds = attempt_timeout(dsn, connect_kwargs)
+        self._reconnect = bool(reconnect)
+        self._backoff = (float(backoff_min), float(backoff_max))
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = float(heartbeat_timeout)
 
         # Shared between threads; every transition happens under _lock.
         self._lock = threading.RLock()
@@ -118,11 +219,21 @@ class Dispatcher:
         self._conn: psycopg2.extensions.connection | None = None
         self._routes: dict[str, blinker.Signal] = {}  # channels LISTENed on this session
         self._pending: collections.deque[Any] = collections.deque()
+        self._held: collections.deque[Notify] = collections.deque()  # waiting for a session
         self._inflight: Command | None = None
+        self._inflight_deadline: float | None = None
         self._cursor: psycopg2.extensions.cursor | None = None
         self._inflight_wait = _POLL_OK
+        self._last_traffic = 0.0
         self._dispatching = False
         self._stop_requested = False
+        self._lost: _ConnectionLost | None = None  # noticed inside a handler's in-place call
+
+        # Counters, written by the dispatcher thread only (see stats()).
+        self._received = self._dispatched = self._dropped = 0
+        self._handler_errors = self._reconnects = 0
+        self._last_error: str | None = None
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ public, any thread
 
@@ -139,8 +250,16 @@ class Dispatcher:
 
     @property
     def running(self) -> bool:
-        """``True`` between a successful :meth:`start` and :meth:`stop` (or a lost connection)."""
+        """``True`` between a successful :meth:`start` and :meth:`stop`, reconnecting included.
+
+        ``False`` after a lost connection when ``reconnect=False``.
+        """
         return self._state is _State.RUNNING
+
+    @property
+    def connected(self) -> bool:
+        """``True`` while a server session is up (``False`` while reconnecting)."""
+        return self._backend_pid is not None
 
     @property
     def backend_pid(self) -> int | None:
@@ -149,26 +268,45 @@ class Dispatcher:
 
     @property
     def channels(self) -> frozenset[str]:
-        """The ``frozenset[str]`` of channels listened to (or to be, at the next ``start()``)."""
+        """The ``frozenset[str]`` of channels listened to (or to be, at the next connection)."""
         return self._channels
+
+    def stats(self) -> DispatcherStats:
+        """Return a :class:`DispatcherStats` snapshot of the counters; cheap, any thread."""
+        return DispatcherStats(
+            received=self._received,
+            dispatched=self._dispatched,
+            dropped=self._dropped,
+            handler_errors=self._handler_errors,
+            reconnects=self._reconnects,
+            last_error=self._last_error,
+            backend_pid=self._backend_pid,
+            connected=self._backend_pid is not None,
+        )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
         """Connect, LISTEN every recorded channel, and return once notifications flow.
 
         A notification committed by anyone after this returns is delivered. ``connected`` is
-        sent (on the dispatcher thread) before it returns.
+        sent (on the dispatcher thread) before it returns. The first connection is not
+        retried: if it fails, the error is raised here.
 
-        :param timeout: seconds to allow for connecting and LISTENing; ``None`` uses the
-            ``connect_timeout`` connection parameter when given, else waits without end.
+        :param timeout: seconds to allow for connecting and LISTENing; ``None`` allows the
+            ``connect_timeout`` connection parameter when given, else 10 seconds per attempt.
         :returns: ``self``, so that ``bus = Dispatcher(dsn).start()`` works.
         :raises RuntimeError: if the dispatcher is already running or starting.
+        :raises DispatcherStopped: in a child process that inherited it through ``fork()``,
+            or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
             left running); any ``psycopg2.Error`` if a LISTEN fails.
         :raises TimeoutError: if ``timeout`` passes first.
-        :raises DispatcherStopped: if ``stop()`` is called while starting.
         """
-        deadline = _deadline(timeout if timeout is not None else self._connect_timeout())
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+        deadline = _deadline(self._attempt_seconds if timeout is None else timeout)
         with self._lock:
+            if self._state is _State.FORKED:
+                raise DispatcherStopped(self._forked_message())
             if self._state is not _State.IDLE:
                 raise RuntimeError(f"the dispatcher is {self._state.value}; stop() it first")
             self._state = _State.STARTING
@@ -207,7 +345,7 @@ class Dispatcher:
         """
         thread = self._request_stop()
         if thread is None:
-            return
+            return  # never started, already stopped, or inherited through fork()
         if threading.get_ident() == thread.ident:
             return
         thread.join(timeout)
@@ -219,6 +357,7 @@ class Dispatcher:
 
         On a running dispatcher, returns once the LISTEN has committed, so a notification
         committed after it returns is delivered. Before :meth:`start`, records the channel.
+        While reconnecting, records it and returns at once: the LISTEN is made on reconnect.
 
         :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
         :param timeout: seconds to wait for the server; ``None`` waits as long as it takes.
@@ -265,6 +404,10 @@ class Dispatcher:
         :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in UTF-8.
         :raises ValueError: if ``payload`` contains NUL.
         :raises DispatcherStopped: if the dispatcher is not running, or stops first.
+        :raises NotConnected: if the dispatcher is reconnecting and ``timeout`` passes before
+            a session is up (the notification was not sent).
+        :raises psycopg2.OperationalError: if the connection is lost while the notification is
+            on its way (it may or may not have been committed).
         :raises psycopg2.Error: what the server raised (e.g. ``too many notifications in the
             NOTIFY queue``, SQLSTATE 54000); the dispatcher keeps running.
         :raises TimeoutError: if ``timeout`` passes first (it may still be sent).
@@ -346,7 +489,7 @@ class Dispatcher:
         """Ask the thread to stop; return it, or ``None`` when there is none to stop."""
         with self._lock:
             thread = self._thread
-            if self._state is _State.IDLE or thread is None:
+            if self._state in (_State.IDLE, _State.FORKED) or thread is None:
                 return None
             if self._state is not _State.STOPPING:
                 self._state = _State.STOPPING
@@ -354,19 +497,6 @@ class Dispatcher:
                 if self._waker is not None:
                     self._waker.wake()
             return thread
-
-    def _connect_timeout(self) -> float | None:
-        value = self._connect_kwargs.get("connect_timeout")
-        if value is None and self._dsn:
-            try:
-                value = psycopg2.extensions.parse_dsn(self._dsn).get("connect_timeout")
-            except psycopg2.ProgrammingError:
-                value = None  # psycopg2.connect will report the malformed DSN itself
-        try:
-            seconds = float(value) if value is not None else 0.0
-        except ValueError:
-            return None
-        return seconds if seconds > 0 else None
 
     def _submit(self, command: Command, timeout: float | None) -> None:
         """Have the dispatcher thread run ``command``; record it instead when not running."""
@@ -381,21 +511,27 @@ class Dispatcher:
                 return
             if self._state is _State.STOPPING:
                 raise DispatcherStopped("the dispatcher is stopping")
+            if self._state is _State.FORKED:
+                raise DispatcherStopped(self._forked_message())
             self._queue.append(command)
             assert self._waker is not None
             self._waker.wake()
         try:
             command.future.result(timeout)
         except FutureTimeout:
-            command.future.cancel()  # if the thread has not taken it yet, it never will
-            raise TimeoutError(
-                f"{type(command).__name__.lower()} did not complete within {timeout} s"
-            ) from None
+            taken_back = command.future.cancel()  # if the thread has not taken it, it never will
+            name = type(command).__name__.lower()
+            if taken_back and self._backend_pid is None and self._state is _State.RUNNING:
+                raise NotConnected(
+                    f"{name} not sent: no connection to the server within {timeout} s "
+                    f"(reconnecting; last error: {self._last_error})"
+                ) from None
+            raise TimeoutError(f"{name} did not complete within {timeout} s") from None
         except CancelledError:
             raise DispatcherStopped("the dispatcher stopped before serving the call") from None
 
     def _record(self, command: Command) -> None:
-        """Apply ``command`` to the bookkeeping of a dispatcher that is not running."""
+        """Apply ``command`` to the bookkeeping only (not running, or reconnecting)."""
         if isinstance(command, Notify):
             raise DispatcherStopped("notify() needs a running dispatcher: call start() first")
         if isinstance(command, Listen):
@@ -411,6 +547,29 @@ class Dispatcher:
             self._disconnect(command.channel, command.handler)
             if not self._has_receivers(command.channel) and command.channel not in self._explicit:
                 self._unwant(command.channel)
+
+    def _forked_message(self) -> str:
+        return (
+            "this Dispatcher was started in a parent process and inherited through fork(); "
+            "its connection belongs to the parent: create a new Dispatcher in the child"
+        )
+
+    def _forget_after_fork(self) -> None:
+        """In a child process: drop everything the parent's thread owned, touching nothing."""
+        self._lock = threading.RLock()  # the parent's may have been held at fork time
+        if self._state is _State.IDLE:
+            return
+        self._state = _State.FORKED
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _neutralise_inherited(conn)
+        if self._waker is not None:
+            self._waker.close()  # the child's copies only; the parent's stay open
+            self._waker = None
+        self._queue = collections.deque()
+        self._thread = None
+        self._loop_ident = None
+        self._backend_pid = None
 
     # ------------------------------------------------------------- bookkeeping, either side
 
@@ -433,10 +592,16 @@ class Dispatcher:
         found = self._signals.get(channel)
         return found is not None and bool(found.receivers)
 
-    # --------------------------------------------------------------- the dispatcher thread
+    def _receivers(self, channel: str) -> Iterable[Any]:
+        found = self._signals.get(channel)
+        if found is None:
+            return ()
+        return [_strong(r) for r in tuple(found.receivers.values())]
+
+    # ------------------------------------------------- the dispatcher thread: life cycle
 
     def _loop_main(self, started: Future[None], deadline: float | None) -> None:
-        """Body of the dispatcher thread: connect, serve, and always clean up."""
+        """Body of the dispatcher thread: connect, serve, reconnect, and always clean up."""
         self._loop_ident = threading.get_ident()
         try:
             self._loop_connect(deadline)
@@ -452,11 +617,21 @@ class Dispatcher:
             assert self._backend_pid is not None
             self._loop_send_lifecycle(signals.connected, backend_pid=self._backend_pid)
             started.set_result(None)
-            self._loop_serve()
-        except BaseException as exc:  # connection lost, or a bug: never leave callers hanging
+            while True:
+                try:
+                    self._loop_serve()
+                    break  # stop() was called
+                except _ConnectionLost as lost:
+                    if not self._reconnect or self._stop_requested:
+                        raise
+                    self._loop_on_lost(lost.reason)
+                    if not self._loop_reconnect():
+                        break  # stop() was called while reconnecting
+        except _ConnectionLost as lost:
+            error = lost.reason
+        except BaseException as exc:  # a bug, or a handler raising BaseException
             error = exc
-            if not isinstance(exc, psycopg2.Error):
-                log.exception("the dispatcher thread failed")
+            log.exception("the dispatcher thread failed")
         finally:
             self._loop_shutdown(error)
 
@@ -473,24 +648,37 @@ class Dispatcher:
         for command in queued:
             _fail(command, stopped, None)
 
-    def _loop_connect(self, deadline: float | None) -> None:
-        """Open the connection and LISTEN every wanted channel in one round trip."""
+    def _loop_connect(self, deadline: float | None, *, reconnecting: bool = False) -> None:
+        """Open a session and LISTEN every wanted channel in one round trip.
+
+        :raises psycopg2.Error: if connecting or LISTENing fails.
+        :raises TimeoutError: if ``deadline`` passes first.
+        :raises DispatcherStopped: if ``stop()`` is called meanwhile.
+        """
         self._conn = psycopg2.connect(self._dsn, async_=True, **self._connect_kwargs)
-        self._loop_wait_until_ok(deadline, "connecting")
-        self._backend_pid = self._conn.get_backend_pid()
-        log.info("connected, backend pid %d", self._backend_pid)
-        channels = sorted(self._wanted)
+        self._loop_wait_until_ok(deadline, "connecting", absorb=reconnecting)
+        channels = sorted(self._wanted)  # final: commands stay queued from here on
         if channels:
             self._loop_execute(_listen_sql(channels))
             self._loop_wait_until_ok(deadline, "LISTENing")
-        for channel in channels:
-            self._routes[channel] = self.signal(channel)
+        self._routes = {channel: self.signal(channel) for channel in channels}
+        self._backend_pid = self._conn.get_backend_pid()
+        self._last_traffic = time.monotonic()
+        log.info(
+            "connected to %s, backend pid %d, listening to %d channels",
+            self._target,
+            self._backend_pid,
+            len(channels),
+        )
         self._loop_take_notifies()
 
     def _loop_wait_until_ok(
-        self, deadline: float | None, doing: str, *, stoppable: bool = True
+        self, deadline: float | None, doing: str, *, stoppable: bool = True, absorb: bool = False
     ) -> None:
-        """Poll the connection until it is idle, honouring ``deadline`` and ``stop()``."""
+        """Poll the connection until it is idle, honouring ``deadline`` and ``stop()``.
+
+        With ``absorb``, commands arriving meanwhile are recorded or held (reconnecting).
+        """
         assert self._conn is not None and self._waker is not None
         state = self._conn.poll()
         while state != _POLL_OK:
@@ -498,22 +686,173 @@ class Dispatcher:
                 raise DispatcherStopped(f"stopped while {doing}")
             remaining = _remaining(deadline)
             if remaining == 0.0:
-                raise TimeoutError(f"timed out while {doing}")
+                raise TimeoutError(f"timed out after {self._attempt_seconds} s while {doing}")
             fd = self._conn.fileno()
             if state == _POLL_READ:
                 wait([fd, self._waker.fileno()], [], remaining)
             else:
                 wait([self._waker.fileno()], [fd], remaining)
             self._waker.clear()
+            if absorb:
+                self._loop_absorb_commands()
             state = self._conn.poll()
 
+    def _loop_on_lost(self, reason: BaseException) -> None:
+        """Close the dead session, settle its command, and tell the application."""
+        self._last_error = _one_line(reason)
+        log.warning(
+            "lost the connection to %s (backend pid %s): %s; reconnecting",
+            self._target,
+            self._backend_pid,
+            self._last_error,
+        )
+        self._loop_close()
+        self._backend_pid = None
+        command, self._inflight = self._inflight, None
+        if command is not None:
+            self._loop_settle_interrupted(command, reason)
+        self._loop_dispatch()  # what arrived before the loss was listened to: deliver it
+        self._routes = {}
+        self._pending.clear()
+        self._loop_send_lifecycle(signals.disconnected, error=reason)
+
+    def _loop_settle_interrupted(self, command: Command, reason: BaseException) -> None:
+        """A command whose session died under it: fail a notify, record the rest."""
+        if isinstance(command, Notify):
+            command.future.set_exception(reason)  # it may or may not have committed
+        elif not isinstance(command, Heartbeat):
+            self._record(command)  # applied on reconnect, as if made while disconnected
+            command.future.set_result(None)
+
+    def _loop_reconnect(self) -> bool:
+        """Connect again with exponential backoff; ``False`` if stop() came first."""
+        backoff_min, backoff_max = self._backoff
+        delay = backoff_min
+        attempt = 0
+        while not self._stop_requested:
+            attempt += 1
+            try:
+                self._loop_connect(_deadline(self._attempt_seconds), reconnecting=True)
+            except DispatcherStopped:
+                self._loop_close()
+                return False
+            except Exception as exc:
+                self._loop_close()
+                self._last_error = _one_line(exc)
+                pause = delay / 2 + random.uniform(0, delay / 2)
+                log.warning(
+                    "reconnection attempt %d to %s failed: %s; next in %.1f s",
+                    attempt,
+                    self._target,
+                    self._last_error,
+                    pause,
+                )
+                self._loop_idle_until(_deadline(pause))
+                delay = min(delay * 2, backoff_max)
+                continue
+            self._reconnects += 1
+            assert self._backend_pid is not None
+            log.warning(
+                "reconnected to %s after %d attempt(s), backend pid %d, %d channels",
+                self._target,
+                attempt,
+                self._backend_pid,
+                len(self._routes),
+            )
+            self._queue.extendleft(reversed(self._held))  # held notifies go first, in order
+            self._held.clear()
+            self._loop_send_lifecycle(signals.reconnected, backend_pid=self._backend_pid)
+            return True
+        return False
+
+    def _loop_idle_until(self, deadline: float | None) -> None:
+        """Sleep until ``deadline`` without a connection, serving commands as they come."""
+        assert self._waker is not None
+        while not self._stop_requested:
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                return
+            wait([self._waker.fileno()], [], remaining)
+            self._waker.clear()
+            self._loop_absorb_commands()
+
+    def _loop_absorb_commands(self) -> None:
+        """While disconnected: record channel changes at once, hold notifies for later."""
+        while self._queue:
+            command = self._queue.popleft()
+            if isinstance(command, Notify):
+                # Left pending, so a caller that times out can still cancel it: never sent.
+                self._held.append(command)
+            elif command.future.set_running_or_notify_cancel():
+                self._record(command)
+                command.future.set_result(None)
+
+    def _loop_shutdown(self, error: BaseException | None) -> None:
+        """Fail every waiting call, UNLISTEN, close, and mark the dispatcher stopped."""
+        with self._lock:
+            self._state = _State.STOPPING  # from here on, nobody can queue a command
+        stopped = DispatcherStopped(
+            "the dispatcher stopped" if error is None else f"the connection was lost: {error}"
+        )
+        if self._inflight is not None:
+            _fail(self._inflight, stopped, error)
+            self._inflight = None
+        for waiting in (self._queue, self._held):
+            while waiting:
+                _fail(waiting.popleft(), stopped, error)
+        if error is None and self._conn is not None and not self._conn.closed:
+            try:
+                self._loop_execute(sql.SQL("UNLISTEN *"))
+                self._loop_wait_until_ok(
+                    _deadline(_UNLISTEN_ON_STOP_SECONDS), "UNLISTENing", stoppable=False
+                )
+            except Exception as exc:  # closing ends the session's LISTENs anyway
+                log.debug("UNLISTEN * on stop failed: %s", exc)
+        self._loop_close()
+        self._pending.clear()
+        self._routes = {}
+        with self._lock:
+            self._finish_locked(error)
+        # From here on, calls made by receivers take the not-running path (record or raise).
+        self._loop_send_lifecycle(signals.disconnected, error=error)
+
+    def _loop_close(self) -> None:
+        self._cursor = None
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception as exc:  # pragma: no cover - close() on a broken socket
+                log.debug("closing the connection failed: %s", exc)
+            self._conn = None
+
+    def _finish_locked(self, error: BaseException | None) -> None:
+        """Mark the dispatcher stopped (caller holds ``_lock``)."""
+        self._state = _State.IDLE
+        self._loop_ident = None
+        self._backend_pid = None
+        self._stop_requested = False
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+        if error is not None:
+            self._last_error = _one_line(error)
+            log.warning("the dispatcher stopped: %s", self._last_error)
+
+    # ---------------------------------------------- the dispatcher thread: serving
+
     def _loop_serve(self) -> None:
-        """Run commands and dispatch notifications until stop() or a lost connection."""
+        """Run commands and dispatch notifications until stop().
+
+        :raises _ConnectionLost: when the session is gone or fails its heartbeat.
+        """
         conn, waker = self._conn, self._waker
         assert conn is not None and waker is not None
         conn_fd, wake_fd = conn.fileno(), waker.fileno()
         grace_deadline: float | None = None  # for a command in flight when stop() came
         while True:
+            if self._lost is not None:  # noticed by a handler's in-place call
+                lost, self._lost = self._lost, None
+                raise lost
             if self._stop_requested:
                 if self._inflight is None:
                     return
@@ -525,16 +864,48 @@ class Dispatcher:
                 self._loop_start_next_command()
             if self._inflight is None:
                 self._loop_dispatch()
-                if self._stop_requested:
-                    return
-                if self._queue:
-                    continue  # a handler queued work, or it arrived while dispatching
+                if self._stop_requested or self._lost is not None or self._queue:
+                    continue  # stop, reconnect, or serve what a handler queued
+            timeout = self._loop_next_timeout(grace_deadline)
             if self._inflight is not None and self._inflight_wait == _POLL_WRITE:
-                wait([wake_fd], [conn_fd], _remaining(grace_deadline))
+                ready = wait([wake_fd], [conn_fd], timeout)
             else:
-                wait([conn_fd, wake_fd], [], _remaining(grace_deadline))
-            waker.clear()
-            self._loop_poll()
+                ready = wait([conn_fd, wake_fd], [], timeout)
+            if wake_fd in ready:
+                waker.clear()
+            if conn_fd in ready:
+                self._loop_poll()
+            elif not ready:
+                self._loop_on_timeout()
+
+    def _loop_next_timeout(self, grace_deadline: float | None) -> float | None:
+        """Seconds until something is due: the stop grace, a deadline or the heartbeat."""
+        due = grace_deadline
+        if self._heartbeat_interval is not None:
+            if self._inflight is not None:
+                beat = self._inflight_deadline
+            else:
+                beat = self._last_traffic + self._heartbeat_interval
+            if beat is not None and (due is None or beat < due):
+                due = beat
+        return _remaining(due)
+
+    def _loop_on_timeout(self) -> None:
+        """The wait ended with nothing ready: a deadline passed or a heartbeat is due."""
+        if self._inflight is not None:
+            if self._inflight_deadline is not None and _remaining(self._inflight_deadline) == 0:
+                what = type(self._inflight).__name__.lower()
+                raise _ConnectionLost(
+                    TimeoutError(f"no answer from the server to a {what} in time")
+                )
+        elif (
+            self._heartbeat_interval is not None
+            and not self._stop_requested
+            and time.monotonic() >= self._last_traffic + self._heartbeat_interval
+        ):
+            heartbeat = Heartbeat()
+            heartbeat.future.set_running_or_notify_cancel()
+            self._loop_begin(heartbeat)
 
     def _loop_start_next_command(self) -> None:
         """Take queued commands until one needs the server (or the queue is empty)."""
@@ -545,23 +916,35 @@ class Dispatcher:
 
     def _loop_run_in_place(self, command: Command, deadline: float | None) -> None:
         """Run ``command`` now, on the dispatcher thread (a call made from a handler)."""
-        if self._state is not _State.RUNNING or self._stop_requested or self._conn is None:
+        if self._state is not _State.RUNNING or self._stop_requested:
             raise DispatcherStopped("the dispatcher is stopping")
+        if self._conn is None or self._lost is not None:  # reconnecting
+            if isinstance(command, Notify):
+                raise NotConnected(f"notify not sent: reconnecting ({self._last_error})")
+            self._record(command)
+            return
         if self._inflight is not None:  # cannot happen from a handler; defend the invariant
             raise RuntimeError("the dispatcher connection is busy")
         command.future.set_running_or_notify_cancel()
-        self._loop_begin(command)
-        while self._loop_busy_with(command):
-            remaining = _remaining(deadline)
-            if remaining == 0.0:
-                # The query stays in flight; the loop finishes it once the handler returns.
-                raise TimeoutError(f"{type(command).__name__.lower()} did not complete in time")
-            fd = self._conn.fileno()
-            if self._inflight_wait == _POLL_WRITE:
-                wait([], [fd], remaining)
-            else:
-                wait([fd], [], remaining)
-            self._loop_poll()
+        try:
+            self._loop_begin(command)
+            while self._loop_busy_with(command):
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    # The query stays in flight; the loop finishes it once the handler returns.
+                    raise TimeoutError(f"{type(command).__name__.lower()} did not complete in time")
+                fd = self._conn.fileno()
+                if self._inflight_wait == _POLL_WRITE:
+                    wait([], [fd], remaining)
+                else:
+                    wait([fd], [], remaining)
+                self._loop_poll()
+        except _ConnectionLost as lost:
+            self._lost = lost  # the loop reconnects once the handler returns
+            if isinstance(command, Notify):
+                raise NotConnected(f"the connection was lost: {lost.reason}") from lost.reason
+            self._loop_settle_interrupted(command, lost.reason)
+            return
         command.future.result(0)
 
     def _loop_busy_with(self, command: Command) -> bool:
@@ -573,14 +956,25 @@ class Dispatcher:
         if statement is None:
             self._loop_complete(command)
             return
+        assert self._conn is not None
         try:
             self._loop_execute(*statement)
-        except psycopg2.OperationalError:
-            raise  # the connection is gone: the serving loop ends
-        except Exception as exc:
+        except psycopg2.Error as exc:
+            if self._conn.closed:
+                self._inflight = command
+                raise _ConnectionLost(exc) from exc
+            command.future.set_exception(exc)
+            return
+        except Exception as exc:  # e.g. UnicodeEncodeError for the connection's encoding
             command.future.set_exception(exc)
             return
         self._inflight = command
+        if isinstance(command, Heartbeat):
+            self._inflight_deadline = _deadline(self._heartbeat_timeout)
+        elif self._heartbeat_interval is not None:
+            self._inflight_deadline = _deadline(self._heartbeat_interval + self._heartbeat_timeout)
+        else:
+            self._inflight_deadline = None
         self._loop_poll()
 
     def _loop_statement_for(self, command: Command) -> tuple[str | sql.Composable, Any] | None:
@@ -603,6 +997,8 @@ class Dispatcher:
             if remaining:
                 return None
             return _unlisten_sql(channel), None
+        if isinstance(command, Heartbeat):
+            return _HEARTBEAT_SQL, None
         raise TypeError(f"unknown command {command!r}")
 
     def _loop_execute(self, query: str | sql.Composable, params: Any = None) -> None:
@@ -615,20 +1011,20 @@ class Dispatcher:
     def _loop_poll(self) -> None:
         """Advance the connection; finish the command in flight; take its notifications.
 
-        :raises psycopg2.OperationalError: when the connection is lost.
+        :raises _ConnectionLost: when the session is gone.
         """
         conn = self._conn
         assert conn is not None
         command = self._inflight
+        self._last_traffic = time.monotonic()
         try:
             state = conn.poll()
         except psycopg2.Error as exc:
             if conn.closed or command is None:
-                raise  # the connection is lost
+                raise _ConnectionLost(exc) from exc
             self._loop_take_notifies()
             self._inflight = None
-            if command is not None:
-                command.future.set_exception(exc)
+            command.future.set_exception(exc)
             return
         self._loop_take_notifies()
         if command is None:
@@ -643,6 +1039,7 @@ class Dispatcher:
         conn = self._conn
         assert conn is not None
         if conn.notifies:
+            self._received += len(conn.notifies)
             self._pending.extend(conn.notifies)
             conn.notifies.clear()
 
@@ -666,8 +1063,23 @@ class Dispatcher:
             channel = command.channel
             if not self._has_receivers(channel) and channel not in self._explicit:
                 self._loop_unroute(channel)
+        elif isinstance(command, Heartbeat):
+            self._loop_check_heartbeat()
         self._loop_dispatch()
         command.future.set_result(None)
+
+    def _loop_check_heartbeat(self) -> None:
+        """Compare what the session listens to with what it should (a pooler loses LISTENs)."""
+        assert self._cursor is not None
+        listening = {row[0] for row in self._cursor.fetchall()}
+        if listening != set(self._routes):
+            missing = sorted(set(self._routes) - listening)
+            raise _ConnectionLost(
+                RuntimeError(
+                    f"the session stopped listening to {missing!r} (a pooler in transaction "
+                    "mode? LISTEN needs session pooling)"
+                )
+            )
 
     def _loop_route(self, channel: str) -> None:
         self._routes[channel] = self.signal(channel)
@@ -677,13 +1089,11 @@ class Dispatcher:
         self._routes.pop(channel, None)
         self._unwant(channel)
         if self._pending:
-            self._pending = collections.deque(n for n in self._pending if n.channel != channel)
+            kept = collections.deque(n for n in self._pending if n.channel != channel)
+            self._dropped += len(self._pending) - len(kept)
+            self._pending = kept
 
-    def _receivers(self, channel: str) -> Iterable[Any]:
-        found = self._signals.get(channel)
-        if found is None:
-            return ()
-        return [_strong(r) for r in tuple(found.receivers.values())]
+    # ---------------------------------------------- the dispatcher thread: dispatching
 
     def _loop_dispatch(self) -> None:
         """Call the handlers of every pending notification, in arrival order.
@@ -696,11 +1106,13 @@ class Dispatcher:
         self._dispatching = True
         try:
             pending, routes = self._pending, self._routes
-            while pending and not self._stop_requested:
+            while pending and not self._stop_requested and self._lost is None:
                 notification = pending.popleft()
                 route = routes.get(notification.channel)
                 if route is None:
+                    self._dropped += 1
                     continue
+                self._dispatched += 1
                 for receiver in tuple(route.receivers.values()):
                     handler = _strong(receiver)
                     if handler is None:
@@ -718,6 +1130,7 @@ class Dispatcher:
     def _loop_report_handler_error(
         self, handler: Handler, notification: Any, error: Exception
     ) -> None:
+        self._handler_errors += 1
         log.error(
             "handler %r raised on channel %r",
             handler,
@@ -736,57 +1149,10 @@ class Dispatcher:
             except Exception:
                 log.exception("receiver %r of a lifecycle signal raised", receiver)
 
-    def _loop_shutdown(self, error: BaseException | None) -> None:
-        """Fail every waiting call, UNLISTEN, close, and mark the dispatcher stopped."""
-        with self._lock:
-            self._state = _State.STOPPING  # from here on, nobody can queue a command
-        stopped = DispatcherStopped(
-            "the dispatcher stopped" if error is None else f"the connection was lost: {error}"
-        )
-        if self._inflight is not None:
-            _fail(self._inflight, stopped, error)
-            self._inflight = None
-        while self._queue:
-            _fail(self._queue.popleft(), stopped, error)
-        if error is None and self._conn is not None and not self._conn.closed:
-            try:
-                self._loop_execute(sql.SQL("UNLISTEN *"))
-                self._loop_wait_until_ok(
-                    _deadline(_UNLISTEN_ON_STOP_SECONDS), "UNLISTENing", stoppable=False
-                )
-            except Exception as exc:  # closing ends the session's LISTENs anyway
-                log.debug("UNLISTEN * on stop failed: %s", exc)
-        self._loop_close()
-        self._pending.clear()
-        self._routes.clear()
-        self._cursor = None
-        with self._lock:
-            self._finish_locked(error)
-        # From here on, calls made by receivers take the not-running path (record or raise).
-        self._loop_send_lifecycle(signals.disconnected, error=error)
-
-    def _loop_close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception as exc:  # pragma: no cover - close() on a broken socket
-                log.debug("closing the connection failed: %s", exc)
-            self._conn = None
-
-    def _finish_locked(self, error: BaseException | None) -> None:
-        """Mark the dispatcher stopped (caller holds ``_lock``)."""
-        self._state = _State.IDLE
-        self._loop_ident = None
-        self._backend_pid = None
-        self._stop_requested = False
-        if self._waker is not None:
-            self._waker.close()
-            self._waker = None
-        if error is not None and not isinstance(error, DispatcherStopped):
-            log.warning("the dispatcher stopped: %s", error)
-
 
 _NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+_HEARTBEAT_SQL = "SELECT pg_listening_channels()"
+
 
 def _unlisten_sql(channel: str) -> sql.Composable:
     return sql.SQL("UNLISTEN {}").format(sql.Identifier(channel))
@@ -808,6 +1174,11 @@ def _fail(command: Command, stopped: DispatcherStopped, cause: BaseException | N
         command.future.set_exception(exc)
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
@@ -816,3 +1187,30 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
+
+
+def _neutralise_inherited(conn: psycopg2.extensions.connection) -> None:
+    """Make a connection inherited through fork() harmless to the parent's session.
+
+    Closing it in the child would send the server a Terminate message on the shared socket and
+    end the parent's session. Pointing the child's descriptor at /dev/null first means that
+    whatever libpq does with it later (at close or garbage collection) goes nowhere.
+    """
+    try:
+        fd = conn.fileno()
+    except psycopg2.Error:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _after_fork_in_child() -> None:
+    for dispatcher in list(_LIVE):
+        dispatcher._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -12,6 +12,7 @@ __all__ = [
     "DispatcherStopped",
     "InvalidChannelName",
     "NoServerAvailable",
+    "NotConnected",
     "PayloadTooLarge",
     "PubSubError",
 ]
@@ -50,3 +51,13 @@ class DispatcherStopped(PubSubError, RuntimeError):
 
 class NoServerAvailable(PubSubError, RuntimeError):
     """No PostgreSQL server could be found or started by :mod:`pgpubsub_dispatch.devserver`."""
+
+
+class NotConnected(PubSubError, TimeoutError):
+    """The dispatcher is running but has no connection to the server right now.
+
+    Raised by ``notify`` when its ``timeout`` passes while the dispatcher is reconnecting (the
+    notification was not sent), and by a ``notify`` made from a handler while disconnected.
+    A ``TimeoutError``, so code that handles timeouts handles it too. ``__cause__`` holds the
+    last connection error when known.
+    """

@@ -359,7 +359,7 @@ def test_listen_exits_zero_quietly_on_signal(
     assert listener.err_lines == [f'listening on "{channel}"']  # no traceback, no noise
 
 
-def test_listen_exits_two_when_its_connection_is_lost(listen: Any, sender: Conn) -> None:
+def test_listen_survives_a_lost_connection_and_listens_again(listen: Any, sender: Conn) -> None:
     channel = unique()
     listener = listen(channel)
     listener.wait_listening()
@@ -369,11 +369,13 @@ def test_listen_exits_two_when_its_connection_is_lost(listen: Any, sender: Conn)
             (str(sql.SQL("LISTEN {}").format(sql.Identifier(channel)).as_string(sender)),),
         )
         assert cur.fetchall() == [(True,)]
-
-    assert listener.finish() == cli.EXIT_ERROR
-    assert listener.err_lines[0] == f'listening on "{channel}"'
-    assert len(listener.err_lines) == 2, listener.err_lines
-    assert listener.err_lines[1].startswith(PREFIX + "connection lost: ")
+    again = listener.wait_listening()
+    assert again.startswith(f'listening on "{channel}" again (reconnected')
+    assert any(line.startswith(PREFIX.replace("error", "warning")) for line in listener.err_lines)
+    send(sender, channel, "after the reconnect")
+    assert listener.next_json()["payload"] == "after the reconnect"
+    listener.proc.send_signal(signal.SIGINT)
+    assert listener.finish() == cli.EXIT_OK
 
 
 @pytest.fixture

@@ -292,8 +292,8 @@ def test_connected_and_disconnected_signals(dsn: str) -> None:
     assert events == [("connected", pid), ("disconnected", None)]
 
 
-def test_lost_connection_sends_disconnected_and_fails_calls(dsn: str, sender: Any) -> None:
-    bus = Dispatcher(dsn)
+def test_lost_connection_without_reconnect_stops(dsn: str, sender: Any) -> None:
+    bus = Dispatcher(dsn, reconnect=False)
     lost = threading.Event()
     errors: list[Any] = []
 

@@ -1,0 +1,76 @@
+"""Connection parameters: libpq TCP keepalives by default, timeouts, a printable target.
+
+The keepalive parameters are libpq's (see "Parameter Key Words" in the libpq documentation);
+they only apply to TCP connections and are ignored for Unix sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+__all__ = ["LIVENESS_DEFAULTS", "attempt_timeout", "describe_target", "with_liveness"]
+
+LIVENESS_DEFAULTS: dict[str, str] = {
+    "keepalives": "1",
+    "keepalives_idle": "10",  # seconds of silence before the first probe
+    "keepalives_interval": "5",  # seconds between probes
+    "keepalives_count": "3",  # unanswered probes before the kernel drops the connection
+}
+"""TCP keepalive parameters set on every connection unless the DSN or keywords give them."""
+
+TCP_USER_TIMEOUT_MS = "30000"
+"""``tcp_user_timeout`` (milliseconds unacknowledged data may wait) where libpq supports it."""
+
+DEFAULT_ATTEMPT_SECONDS = 10.0
+"""Time allowed for one connection attempt when no ``connect_timeout`` is given."""
+
+
+def _dsn_params(dsn: str | None) -> dict[str, str]:
+    if not dsn:
+        return {}
+    try:
+        return dict(psycopg2.extensions.parse_dsn(dsn))
+    except psycopg2.ProgrammingError:
+        return {}  # psycopg2.connect reports a malformed DSN itself, with libpq's words
+
+
+def with_liveness(dsn: str | None, connect_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Return ``connect_kwargs`` plus the keepalive defaults the caller did not set.
+
+    :param dsn: the libpq DSN or URI given by the user (may be ``None``).
+    :param connect_kwargs: the keyword parameters given by the user.
+    :returns: a new dict; the user's own values always win.
+    """
+    given = set(_dsn_params(dsn)) | set(connect_kwargs)
+    merged = dict(connect_kwargs)
+    defaults = dict(LIVENESS_DEFAULTS)
+    if psycopg2.extensions.libpq_version() >= 120000:
+        defaults["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
+    for key, value in defaults.items():
+        if key not in given:
+            merged[key] = value
+    return merged
+
+
+def attempt_timeout(dsn: str | None, connect_kwargs: dict[str, Any]) -> float:
+    """Seconds one connection attempt may take: ``connect_timeout`` if given, else 10.
+
+    libpq does not enforce ``connect_timeout`` for asynchronous connections; the dispatcher
+    enforces it with this value. ``0`` or a negative value means the default.
+    """
+    value = connect_kwargs.get("connect_timeout", _dsn_params(dsn).get("connect_timeout"))
+    try:
+        seconds = float(value) if value is not None else 0.0
+    except ValueError:
+        seconds = 0.0
+    return seconds if seconds > 0 else DEFAULT_ATTEMPT_SECONDS
+
+
+def describe_target(dsn: str | None, connect_kwargs: dict[str, Any]) -> str:
+    """A printable ``host=... port=... dbname=...`` of where we connect, never the password."""
+    params = {**_dsn_params(dsn), **{k: str(v) for k, v in connect_kwargs.items()}}
+    shown = [f"{key}={params[key]}" for key in ("host", "port", "dbname", "user") if key in params]
+    return " ".join(shown) or "libpq defaults"
