@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from ._names import MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES
 from .compat import PubSub, connect
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, DispatcherStats
 from .errors import (
     DispatcherStopped,
     InvalidChannelName,
     NoServerAvailable,
+    NotConnected,
     PayloadTooLarge,
     PubSubError,
 )
@@ -37,9 +38,11 @@ __all__ = [
     "MAX_CHANNEL_BYTES",
     "MAX_PAYLOAD_BYTES",
     "Dispatcher",
+    "DispatcherStats",
     "DispatcherStopped",
     "InvalidChannelName",
     "NoServerAvailable",
+    "NotConnected",
     "Notification",
     "PayloadTooLarge",
     "PubSub",

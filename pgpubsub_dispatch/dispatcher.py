@@ -147,7 +147,7 @@ class Dispatcher:
     :param reconnect: reconnect when the connection is lost (default). When ``False``, a lost
         connection stops the dispatcher (``disconnected`` is sent with the error).
     :param backoff_min: seconds before the first reconnection attempt (default 0.1); each
-        failure doubles the delay, with random jitter of up to half of it.
+        failure doubles the delay; every pause is randomly between half and all of it.
     :param backoff_max: the longest delay between attempts, in seconds (default 30).
     :param heartbeat_interval: seconds without traffic after which the dispatcher checks its
         session with ``SELECT pg_listening_channels()`` (default 10); ``None`` disables it.
@@ -725,11 +725,19 @@ class Dispatcher:
             command.future.set_result(None)
 
     def _loop_reconnect(self) -> bool:
-        """Connect again with exponential backoff; ``False`` if stop() came first."""
+        """Connect again with exponential backoff; ``False`` if stop() came first.
+
+        Each attempt, the first included, follows a pause of half to all of the current delay
+        (jitter spreads the clients of a restarted server); the delay starts at
+        ``backoff_min`` and doubles after each failure, up to ``backoff_max``.
+        """
         backoff_min, backoff_max = self._backoff
         delay = backoff_min
         attempt = 0
-        while not self._stop_requested:
+        while True:
+            self._loop_idle_until(_deadline(delay / 2 + random.uniform(0, delay / 2)))
+            if self._stop_requested:
+                return False
             attempt += 1
             try:
                 self._loop_connect(_deadline(self._attempt_seconds), reconnecting=True)
@@ -739,16 +747,14 @@ class Dispatcher:
             except Exception as exc:
                 self._loop_close()
                 self._last_error = _one_line(exc)
-                pause = delay / 2 + random.uniform(0, delay / 2)
+                delay = min(delay * 2, backoff_max)
                 log.warning(
-                    "reconnection attempt %d to %s failed: %s; next in %.1f s",
+                    "reconnection attempt %d to %s failed: %s; next in %.1f s at most",
                     attempt,
                     self._target,
                     self._last_error,
-                    pause,
+                    delay,
                 )
-                self._loop_idle_until(_deadline(pause))
-                delay = min(delay * 2, backoff_max)
                 continue
             self._reconnects += 1
             assert self._backend_pid is not None
@@ -763,7 +769,6 @@ class Dispatcher:
             self._held.clear()
             self._loop_send_lifecycle(signals.reconnected, backend_pid=self._backend_pid)
             return True
-        return False
 
     def _loop_idle_until(self, deadline: float | None) -> None:
         """Sleep until ``deadline`` without a connection, serving commands as they come."""

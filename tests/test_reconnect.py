@@ -1,0 +1,376 @@
+"""Reconnection, re-LISTEN, heartbeat and fork safety against the shared server.
+
+Faults that need a server of the test's own (stopping it, a half-open network, failover)
+are in ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+import pgpubsub_dispatch as pg
+from pgpubsub_dispatch import Dispatcher, NotConnected
+
+from .conftest import BOUND, Collector, send
+
+
+def unique(prefix: str = "r") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+class Lifecycle:
+    """Records connected / disconnected / reconnected of one dispatcher, waitable."""
+
+    def __init__(self, bus: Dispatcher) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._cond = threading.Condition()
+        for name in ("connected", "disconnected", "reconnected"):
+            getattr(pg, name).connect(self._recorder(name), sender=bus, weak=False)
+
+    def _recorder(self, name: str) -> Any:
+        def record(sender: Any, **kwargs: Any) -> None:
+            with self._cond:
+                self.events.append((name, kwargs))
+                self._cond.notify_all()
+
+        return record
+
+    def count(self, name: str) -> int:
+        with self._cond:
+            return sum(1 for event, _ in self.events if event == name)
+
+    def wait_for(self, name: str, count: int, timeout: float = BOUND) -> dict[str, Any]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.count(name) >= count, timeout)
+            assert ok, f"no {count}x {name} within {timeout}s: {self.events!r}"
+            return [kw for event, kw in self.events if event == name][count - 1]
+
+
+def terminate(sender: Any, pid: int | None) -> None:
+    assert pid is not None
+    with sender.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert cur.fetchone() == (True,)
+
+
+def sessions_named(sender: Any, application_name: str) -> list[int]:
+    with sender.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def app_name() -> str:
+    return unique("app")
+
+
+@pytest.fixture
+def fast_bus(dsn: str, app_name: str) -> Iterator[Dispatcher]:
+    bus = Dispatcher(dsn, application_name=app_name, backoff_min=0.05, backoff_max=0.5)
+    yield bus
+    bus.stop(timeout=BOUND)
+
+
+def test_terminated_session_twenty_times_in_a_row(
+    fast_bus: Dispatcher, sender: Any, app_name: str
+) -> None:
+    channels = [unique("Mixed Case"), unique("lower"), 'quote"d ' + unique()]
+    got = Collector()
+    for channel in channels:
+        fast_bus.subscribe(channel, got)
+    lifecycle = Lifecycle(fast_bus)
+    fast_bus.start(timeout=BOUND)
+    fds = open_fds()
+    pids = {fast_bus.backend_pid}
+    for round_ in range(1, 21):
+        terminate(sender, fast_bus.backend_pid)
+        info = lifecycle.wait_for("reconnected", round_)
+        assert info["backend_pid"] == fast_bus.backend_pid
+        assert fast_bus.channels == frozenset(channels)
+        pids.add(fast_bus.backend_pid)
+        for channel in channels:
+            send(sender, channel, f"round {round_}")
+        got.wait(3 * round_)
+    assert len(pids) == 21
+    assert lifecycle.count("reconnected") == 20
+    assert lifecycle.count("disconnected") == 20
+    assert all(
+        isinstance(kw["error"], psycopg2.OperationalError)
+        for event, kw in lifecycle.events
+        if event == "disconnected"
+    )
+    assert sessions_named(sender, app_name) == [fast_bus.backend_pid]
+    assert open_fds() <= fds
+    stats = fast_bus.stats()
+    assert stats.reconnects == 20 and stats.connected and stats.last_error
+    assert sorted(n.payload for n in got.items) == sorted(
+        f"round {r}" for r in range(1, 21) for _ in channels
+    )
+
+
+def test_reconnected_is_sent_after_relisten_and_before_dispatch(
+    fast_bus: Dispatcher, sender: Any
+) -> None:
+    channel = unique()
+    order: list[str] = []
+    fast_bus.subscribe(channel, lambda n: order.append("notification"))
+
+    def on_reconnected(sender_: Any, backend_pid: int) -> None:
+        order.append("reconnected")
+        # Resynchronising from the receiver works: calls run in place.
+        fast_bus.notify(channel, "resync")
+
+    pg.reconnected.connect(on_reconnected, sender=fast_bus, weak=False)
+    lifecycle = Lifecycle(fast_bus)
+    fast_bus.start(timeout=BOUND)
+    terminate(sender, fast_bus.backend_pid)
+    lifecycle.wait_for("reconnected", 1)
+    fast_bus.notify(channel, "after")  # a round trip after the resync
+    assert order == ["reconnected", "notification", "notification"]
+
+
+def test_listen_and_unlisten_while_disconnected_apply_on_reconnect(dsn: str, sender: Any) -> None:
+    # A long first backoff keeps the dispatcher disconnected while the test acts.
+    bus = Dispatcher(dsn, backoff_min=2.0, backoff_max=2.0)
+    kept, dropped = unique("kept"), unique("dropped")
+    got = Collector()
+    bus.subscribe(dropped, got)
+    lifecycle = Lifecycle(bus)
+    with bus:
+        terminate(sender, bus.backend_pid)
+        lifecycle.wait_for("disconnected", 1)
+        assert not bus.connected and bus.running
+        started = time.monotonic()
+        bus.subscribe(kept, got, timeout=1)  # recorded at once
+        bus.unsubscribe(dropped, got, timeout=1)
+        assert time.monotonic() - started < 1
+        assert bus.channels == frozenset({kept})
+        lifecycle.wait_for("reconnected", 1)
+        send(sender, dropped, "not for us")
+        send(sender, kept, "for us")
+        assert got.wait(1)[0].payload == "for us"
+        bus.notify(kept, "round trip")
+        assert got.payloads == ["for us", "round trip"]
+
+
+def test_notify_while_disconnected_waits_for_the_connection(dsn: str, sender: Any) -> None:
+    bus = Dispatcher(dsn, backoff_min=0.5, backoff_max=0.5)
+    channel = unique()
+    got = Collector()
+    bus.subscribe(channel, got)
+    lifecycle = Lifecycle(bus)
+    with bus:
+        terminate(sender, bus.backend_pid)
+        lifecycle.wait_for("disconnected", 1)
+        bus.notify(channel, "held, then sent", timeout=BOUND)
+        assert lifecycle.count("reconnected") == 1
+        assert got.payloads == ["held, then sent"]
+
+
+def test_notify_while_disconnected_times_out_clearly_and_is_never_sent(
+    dsn: str, sender: Any
+) -> None:
+    bus = Dispatcher(dsn, backoff_min=1.5, backoff_max=1.5)
+    channel = unique()
+    got = Collector()
+    bus.subscribe(channel, got)
+    lifecycle = Lifecycle(bus)
+    with bus:
+        terminate(sender, bus.backend_pid)
+        lifecycle.wait_for("disconnected", 1)
+        with pytest.raises(NotConnected, match="not sent"):
+            bus.notify(channel, "given up", timeout=0.1)
+        assert issubclass(NotConnected, TimeoutError)
+        lifecycle.wait_for("reconnected", 1)
+        bus.notify(channel, "later")
+        assert got.payloads == ["later"]
+
+
+def test_stop_while_reconnecting_fails_waiting_calls(dsn: str, sender: Any) -> None:
+    bus = Dispatcher(dsn, backoff_min=30.0, backoff_max=30.0)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    terminate(sender, bus.backend_pid)
+    lifecycle.wait_for("disconnected", 1)
+    outcome: list[BaseException] = []
+
+    def waiting_notify() -> None:
+        try:
+            bus.notify(unique(), "x")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=waiting_notify)
+    caller.start()
+    deadline = time.monotonic() + BOUND
+    while not bus._held and time.monotonic() < deadline:
+        time.sleep(0.005)  # until the dispatcher thread holds the notify
+    started = time.monotonic()
+    bus.stop(timeout=BOUND)
+    assert time.monotonic() - started < 2
+    caller.join(BOUND)
+    assert len(outcome) == 1 and isinstance(outcome[0], pg.DispatcherStopped)
+
+
+def test_a_raising_receiver_during_reconnect_does_not_stop_recovery(
+    fast_bus: Dispatcher, sender: Any
+) -> None:
+    channel = unique()
+    got = Collector()
+    fast_bus.subscribe(channel, got)
+
+    def broken(sender_: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver failure")
+
+    pg.disconnected.connect(broken, sender=fast_bus, weak=False)
+    pg.reconnected.connect(broken, sender=fast_bus, weak=False)
+    lifecycle = Lifecycle(fast_bus)
+    fast_bus.start(timeout=BOUND)
+    terminate(sender, fast_bus.backend_pid)
+    lifecycle.wait_for("reconnected", 1)
+    send(sender, channel, "still delivered")
+    assert got.wait(1)[0].payload == "still delivered"
+
+
+def test_a_handler_notifying_when_the_connection_dies_does_not_break_recovery(
+    fast_bus: Dispatcher, sender: Any
+) -> None:
+    gate, channel = unique("gate"), unique()
+    got = Collector()
+    fast_bus.subscribe(channel, got)
+    errors: list[BaseException] = []
+    proceed, entered = threading.Event(), threading.Event()
+
+    @fast_bus.on(gate)
+    def notify_into_the_void(notification: Any) -> None:
+        entered.set()
+        proceed.wait(BOUND)
+        try:
+            fast_bus.notify(channel, "from handler")
+        except BaseException as exc:
+            errors.append(exc)
+
+    lifecycle = Lifecycle(fast_bus)
+    fast_bus.start(timeout=BOUND)
+    send(sender, gate)
+    assert entered.wait(BOUND)
+    terminate(sender, fast_bus.backend_pid)
+    proceed.set()
+    lifecycle.wait_for("reconnected", 1)
+    fast_bus.notify(channel, "after")
+    # Either the in-place notify made it before the loss was seen, or it failed clearly.
+    assert got.payloads[-1] == "after"
+    assert all(isinstance(e, (NotConnected, psycopg2.OperationalError)) for e in errors)
+
+
+def test_heartbeat_runs_after_silence_and_keeps_the_session(dsn: str, sender: Any) -> None:
+    bus = Dispatcher(dsn, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    channel = unique()
+    with bus:
+        bus.listen(channel)
+        pid = bus.backend_pid
+        deadline = time.monotonic() + BOUND
+        # The heartbeat is the only query this session runs while the test waits.
+        while time.monotonic() < deadline:
+            with sender.cursor() as cur:
+                cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+                (query,) = cur.fetchone()
+            if query == "SELECT pg_listening_channels()":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no heartbeat seen")
+        assert bus.backend_pid == pid and bus.stats().reconnects == 0
+
+
+def test_no_reconnect_option_stops_on_loss(dsn: str, sender: Any) -> None:
+    bus = Dispatcher(dsn, reconnect=False)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    terminate(sender, bus.backend_pid)
+    lifecycle.wait_for("disconnected", 1)
+    deadline = time.monotonic() + BOUND
+    while bus.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not bus.running and lifecycle.count("reconnected") == 0
+
+
+def test_invalid_options_are_rejected(dsn: str) -> None:
+    for bad in [
+        {"backoff_min": 0},
+        {"backoff_max": -1},
+        {"backoff_min": 5, "backoff_max": 1},
+        {"heartbeat_interval": 0},
+        {"heartbeat_timeout": float("inf")},
+    ]:
+        with pytest.raises(ValueError):
+            Dispatcher(dsn, **bad)
+
+
+def test_keepalives_are_on_by_default_and_user_values_win(dsn: str) -> None:
+    bus = Dispatcher(dsn)
+    assert bus._connect_kwargs["keepalives"] == "1"
+    assert "keepalives_idle" in bus._connect_kwargs
+    mine = Dispatcher(dsn, keepalives_idle=99)
+    assert mine._connect_kwargs["keepalives_idle"] == 99
+    in_dsn = Dispatcher(dsn + " keepalives=0" if "=" in dsn and "://" not in dsn else dsn)
+    with in_dsn:
+        assert in_dsn.running
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_fork_child_fails_fast_and_parent_keeps_its_session(dsn: str, sender: Any) -> None:
+    channel = unique()
+    got = Collector()
+    bus = Dispatcher(dsn)
+    bus.subscribe(channel, got)
+    bus.start(timeout=BOUND)
+    try:
+        pid_before = bus.backend_pid
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            code = 0
+            try:
+                started = time.monotonic()
+                try:
+                    bus.notify(channel, "from child")
+                    code = 1
+                except pg.DispatcherStopped as exc:
+                    code = 0 if "fork" in str(exc) else 2
+                if time.monotonic() - started > 1:
+                    code = 3
+                if bus.running:
+                    code = 4
+                bus.stop()  # harmless
+                del bus
+                import gc
+
+                gc.collect()  # would have sent Terminate on the parent's socket
+            finally:
+                os.write(write_end, bytes([code]))
+                os._exit(0)
+        os.close(write_end)
+        result = os.read(read_end, 1)
+        os.close(read_end)
+        os.waitpid(child, 0)
+        assert result == bytes([0]), f"child reported {result!r}"
+        send(sender, channel, "parent still listens")
+        assert got.wait(1)[0].payload == "parent still listens"
+        assert bus.backend_pid == pid_before and bus.stats().reconnects == 0
+    finally:
+        bus.stop(timeout=BOUND)
