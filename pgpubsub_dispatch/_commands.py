@@ -20,6 +20,7 @@ __all__ = [
     "Heartbeat",
     "Listen",
     "Notify",
+    "NotifyBatch",
     "Subscribe",
     "Unlisten",
     "Unsubscribe",
@@ -59,14 +60,30 @@ class Unlisten(Command):
 
 
 class Notify(Command):
-    """``SELECT pg_notify(channel, payload)`` in a transaction of its own."""
+    """``pg_notify(channel, payload)``, committed before the caller's call returns.
 
-    __slots__ = ("channel", "payload")
+    The dispatcher may send several queued notifies in one transaction, never two identical
+    ones (the server would fold them). ``alone`` marks one to be sent in a transaction of its
+    own: set when a shared transaction failed, so each is retried by itself.
+    """
+
+    __slots__ = ("alone", "channel", "payload")
 
     def __init__(self, channel: str, payload: str) -> None:
         super().__init__()
         self.channel = check_channel(channel)
         self.payload = check_payload(payload)
+        self.alone = False
+
+
+class NotifyBatch(Command):
+    """Queued notifies sent together in one transaction (built on the dispatcher thread)."""
+
+    __slots__ = ("notifies",)
+
+    def __init__(self, notifies: list[Notify]) -> None:
+        super().__init__()
+        self.notifies = notifies
 
 
 class Subscribe(Command):

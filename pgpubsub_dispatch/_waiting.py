@@ -43,9 +43,11 @@ _HAVE_POLL = hasattr(select, "poll")
 class Waker:
     """A socket pair that lets any thread wake the dispatcher thread out of :func:`wait`.
 
-    ``wake()`` may be called from any thread, any number of times; the bytes are coalesced.
-    ``fileno()`` is the descriptor to wait on for reading; ``clear()`` (dispatcher thread only)
-    consumes what was written.
+    Callers' threads call :meth:`wake` after queueing work; only the first call after the
+    dispatcher :meth:`disarm`-ed writes a byte, so a busy dispatcher (one that will look at
+    the queue anyway when its query completes) costs its callers no system call. The
+    dispatcher thread drains with :meth:`drain` and disarms only just before it goes idle,
+    then looks at the queue once more before waiting.
     """
 
     def __init__(self) -> None:
@@ -59,23 +61,28 @@ class Waker:
         return self._reader.fileno()
 
     def wake(self) -> None:
-        """Make the next (or current) :func:`wait` on :meth:`fileno` return. Never blocks."""
+        """Make the dispatcher look at its queue soon. Never blocks; any thread."""
         if self._armed:
-            return  # a byte is already on its way and has not been consumed yet
+            return  # a byte is on its way, or the dispatcher is busy and will look anyway
+        self.wake_now()
+
+    def wake_now(self) -> None:
+        """Interrupt the dispatcher's current wait even while it is busy (``stop()``)."""
         self._armed = True
         # OSError: the buffer is full (so the reader wakes anyway) or the pair is closed.
         with contextlib.suppress(OSError):
             self._writer.send(b"\0")
 
-    def clear(self) -> None:
-        """Consume pending wake-ups; call before looking at the work they announce."""
+    def drain(self) -> None:
+        """Consume the bytes written so far (dispatcher thread)."""
         try:
             while self._reader.recv(4096):
                 pass
         except OSError:
             pass  # BlockingIOError: nothing left
-        # Disarm only after draining: a waker that saw the flag still set has queued its work
-        # before looking, so the caller's look at the queue, which follows, will find it.
+
+    def disarm(self) -> None:
+        """Ask for a byte on the next :meth:`wake`; then look at the queue before waiting."""
         self._armed = False
 
     def close(self) -> None:

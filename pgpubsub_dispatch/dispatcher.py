@@ -37,7 +37,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -54,6 +54,7 @@ from ._commands import (
     Heartbeat,
     Listen,
     Notify,
+    NotifyBatch,
     Subscribe,
     Unlisten,
     Unsubscribe,
@@ -78,6 +79,9 @@ _UNLISTEN_ON_STOP_SECONDS = 1.0
 
 _STOP_GRACE_SECONDS = 5.0
 """How long ``stop()`` lets a command already sent finish before failing it."""
+
+_MAX_BATCH = 1000
+"""Most notifies sent in one transaction when callers queue them faster than they commit."""
 
 _RESERVED_KWARGS = frozenset({"async", "async_", "connection_factory"})
 
@@ -414,6 +418,26 @@ class Dispatcher:
         """
         self._submit(Notify(channel, payload), timeout)
 
+    def notify_many(
+        self, notifications: Iterable[tuple[str, str]], timeout: float | None = None
+    ) -> None:
+        """Send many notifications, in order, in as few transactions as the server allows.
+
+        Every pair is validated before anything is sent. Pairs go out in shared transactions
+        (possibly with other threads' notifies), except that two identical pairs never share
+        one, so each is delivered. Returns once all have committed.
+
+        :param notifications: ``(channel, payload)`` pairs, e.g. ``[("orders", "1"), ...]``.
+        :param timeout: seconds to wait for all of them; ``None`` waits as long as it takes.
+        :raises InvalidChannelName, TypeError, PayloadTooLarge, ValueError: for the first bad
+            pair, before anything is sent.
+        :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
+            :meth:`notify`, for the first pair that failed (others may have been sent).
+        """
+        commands = [Notify(channel, payload) for channel, payload in notifications]
+        if commands:
+            self._submit_all(commands, timeout)
+
     def subscribe(self, channel: str, handler: H, timeout: float | None = None) -> H:
         """Connect ``handler`` to ``channel`` (strong reference) and LISTEN to it.
 
@@ -495,29 +519,46 @@ class Dispatcher:
                 self._state = _State.STOPPING
                 self._stop_requested = True
                 if self._waker is not None:
-                    self._waker.wake()
+                    self._waker.wake_now()
             return thread
 
     def _submit(self, command: Command, timeout: float | None) -> None:
         """Have the dispatcher thread run ``command``; record it instead when not running."""
+        self._submit_all([command], timeout)
+
+    def _submit_all(self, commands: Sequence[Command], timeout: float | None) -> None:
+        """Queue ``commands`` together, in order, and wait for all; raise the first failure."""
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+        deadline = _deadline(timeout)
         if threading.get_ident() == self._loop_ident:
-            self._loop_run_in_place(command, _deadline(timeout))
+            for command in commands:
+                self._loop_run_in_place(command, deadline)
             return
         with self._lock:
             if self._state is _State.IDLE:
-                self._record(command)
+                for command in commands:
+                    self._record(command)
                 return
             if self._state is _State.STOPPING:
                 raise DispatcherStopped("the dispatcher is stopping")
             if self._state is _State.FORKED:
                 raise DispatcherStopped(self._forked_message())
-            self._queue.append(command)
+            self._queue.extend(commands)
             assert self._waker is not None
             self._waker.wake()
+        first_error: BaseException | None = None
+        for command in commands:
+            try:
+                self._wait_for(command, deadline, timeout)
+            except BaseException as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def _wait_for(self, command: Command, deadline: float | None, timeout: float | None) -> None:
         try:
-            command.future.result(timeout)
+            command.future.result(_remaining(deadline))
         except FutureTimeout:
             taken_back = command.future.cancel()  # if the thread has not taken it, it never will
             name = type(command).__name__.lower()
@@ -692,8 +733,9 @@ class Dispatcher:
                 wait([fd, self._waker.fileno()], [], remaining)
             else:
                 wait([self._waker.fileno()], [fd], remaining)
-            self._waker.clear()
+            self._waker.drain()
             if absorb:
+                self._waker.disarm()
                 self._loop_absorb_commands()
             state = self._conn.poll()
 
@@ -718,7 +760,10 @@ class Dispatcher:
 
     def _loop_settle_interrupted(self, command: Command, reason: BaseException) -> None:
         """A command whose session died under it: fail a notify, record the rest."""
-        if isinstance(command, Notify):
+        if isinstance(command, NotifyBatch):
+            for notify in command.notifies:
+                notify.future.set_exception(reason)  # it may or may not have committed
+        elif isinstance(command, Notify):
             command.future.set_exception(reason)  # it may or may not have committed
         elif not isinstance(command, Heartbeat):
             self._record(command)  # applied on reconnect, as if made while disconnected
@@ -777,9 +822,10 @@ class Dispatcher:
             remaining = _remaining(deadline)
             if remaining == 0.0:
                 return
-            wait([self._waker.fileno()], [], remaining)
-            self._waker.clear()
+            self._waker.disarm()
             self._loop_absorb_commands()
+            wait([self._waker.fileno()], [], remaining)
+            self._waker.drain()
 
     def _loop_absorb_commands(self) -> None:
         """While disconnected: record channel changes at once, hold notifies for later."""
@@ -871,13 +917,16 @@ class Dispatcher:
                 self._loop_dispatch()
                 if self._stop_requested or self._lost is not None or self._queue:
                     continue  # stop, reconnect, or serve what a handler queued
+                waker.disarm()  # idle from here: callers must write to wake us
+                if self._queue:
+                    continue  # queued before the disarm: its wake() wrote nothing
             timeout = self._loop_next_timeout(grace_deadline)
             if self._inflight is not None and self._inflight_wait == _POLL_WRITE:
                 ready = wait([wake_fd], [conn_fd], timeout)
             else:
                 ready = wait([conn_fd, wake_fd], [], timeout)
             if wake_fd in ready:
-                waker.clear()
+                waker.drain()
             if conn_fd in ready:
                 self._loop_poll()
             elif not ready:
@@ -916,8 +965,48 @@ class Dispatcher:
         """Take queued commands until one needs the server (or the queue is empty)."""
         while self._queue and self._inflight is None:
             command = self._queue.popleft()
-            if command.future.set_running_or_notify_cancel():
+            if isinstance(command, Notify):
+                if command.alone:  # a retry: already taken once
+                    self._loop_begin(command)
+                elif command.future.set_running_or_notify_cancel():
+                    self._loop_begin(self._loop_gather_notifies(command))
+            elif command.future.set_running_or_notify_cancel():
                 self._loop_begin(command)
+
+    def _loop_gather_notifies(self, first: Notify) -> Command:
+        """Take the notifies queued right behind ``first`` to share its transaction.
+
+        Stops at anything else (order is kept), at a retry, and at a (channel, payload) pair
+        already taken: the server folds identical notifications of one transaction.
+        """
+        queue = self._queue
+        if not queue or type(queue[0]) is not Notify:
+            return first
+        batch = [first]
+        taken = {(first.channel, first.payload)}
+        while queue and len(batch) < _MAX_BATCH:
+            candidate = queue[0]
+            if type(candidate) is not Notify or candidate.alone:
+                break
+            assert isinstance(candidate, Notify)
+            pair = (candidate.channel, candidate.payload)
+            if pair in taken:
+                break
+            queue.popleft()
+            if candidate.future.set_running_or_notify_cancel():
+                batch.append(candidate)
+                taken.add(pair)
+        return first if len(batch) == 1 else NotifyBatch(batch)
+
+    def _loop_fail(self, command: Command, error: BaseException) -> None:
+        """A command the server refused. A shared transaction is retried one by one."""
+        if isinstance(command, NotifyBatch):
+            # Nothing of it committed; each is retried alone so one bad notify fails alone.
+            for notify in command.notifies:
+                notify.alone = True
+            self._queue.extendleft(reversed(command.notifies))
+        else:
+            command.future.set_exception(error)
 
     def _loop_run_in_place(self, command: Command, deadline: float | None) -> None:
         """Run ``command`` now, on the dispatcher thread (a call made from a handler)."""
@@ -968,10 +1057,10 @@ class Dispatcher:
             if self._conn.closed:
                 self._inflight = command
                 raise _ConnectionLost(exc) from exc
-            command.future.set_exception(exc)
+            self._loop_fail(command, exc)
             return
         except Exception as exc:  # e.g. UnicodeEncodeError for the connection's encoding
-            command.future.set_exception(exc)
+            self._loop_fail(command, exc)
             return
         self._inflight = command
         if isinstance(command, Heartbeat):
@@ -986,6 +1075,10 @@ class Dispatcher:
         """The SQL that ``command`` needs on this session, or ``None`` if it needs none."""
         if isinstance(command, Notify):
             return _NOTIFY_SQL, (command.channel, command.payload)
+        if isinstance(command, NotifyBatch):
+            channels = [notify.channel for notify in command.notifies]
+            payloads = [notify.payload for notify in command.notifies]
+            return _NOTIFY_BATCH_SQL, (channels, payloads)
         if isinstance(command, (Listen, Subscribe)):
             if command.channel in self._routes:
                 return None
@@ -1029,7 +1122,7 @@ class Dispatcher:
                 raise _ConnectionLost(exc) from exc
             self._loop_take_notifies()
             self._inflight = None
-            command.future.set_exception(exc)
+            self._loop_fail(command, exc)
             return
         self._loop_take_notifies()
         if command is None:
@@ -1071,6 +1164,9 @@ class Dispatcher:
         elif isinstance(command, Heartbeat):
             self._loop_check_heartbeat()
         self._loop_dispatch()
+        if isinstance(command, NotifyBatch):
+            for notify in command.notifies:
+                notify.future.set_result(None)
         command.future.set_result(None)
 
     def _loop_check_heartbeat(self) -> None:
@@ -1156,6 +1252,8 @@ class Dispatcher:
 
 
 _NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+# unnest() yields the pairs in array order, so they are notified (and delivered) in order.
+_NOTIFY_BATCH_SQL = "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS t(c, p)"
 _HEARTBEAT_SQL = "SELECT pg_listening_channels()"
 
 
@@ -1173,6 +1271,9 @@ def _strong(receiver: Any) -> Any:
 
 
 def _fail(command: Command, stopped: DispatcherStopped, cause: BaseException | None) -> None:
+    if isinstance(command, NotifyBatch):
+        for notify in command.notifies:
+            _fail(notify, stopped, cause)
     if not command.future.done():
         exc = DispatcherStopped(*stopped.args)
         exc.__cause__ = cause

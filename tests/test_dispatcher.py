@@ -790,3 +790,62 @@ def test_no_thread_or_descriptor_leak_over_start_stop_cycles(dsn: str) -> None:
         bus.stop(timeout=BOUND)
     assert open_fds() <= before_fds
     assert threading.active_count() <= before_threads
+
+
+# ------------------------------------------------------------------- notify_many, batches
+
+
+def test_notify_many_delivers_every_pair_in_order_even_identical_ones(
+    bus: Dispatcher, dsn: str
+) -> None:
+    channel, other = unique(), unique()
+    listener = Listener(dsn, channel, other)
+    try:
+        pairs = [(channel, "a"), (channel, "a"), (other, "b"), (channel, "a"), (channel, "c")]
+        bus.notify_many(pairs)
+        assert [(n.channel, n.payload) for n in listener.receive(5)] == pairs
+    finally:
+        listener.close()
+
+
+def test_notify_many_validates_every_pair_before_sending(bus: Dispatcher, dsn: str) -> None:
+    channel = unique()
+    listener = Listener(dsn, channel)
+    try:
+        with pytest.raises(PayloadTooLarge):
+            bus.notify_many([(channel, "fine"), (channel, "x" * 8000)])
+        with pytest.raises(InvalidChannelName):
+            bus.notify_many([(channel, "fine"), ("", "x")])
+        bus.notify(channel, "marker")
+        assert [n.payload for n in listener.receive(1)] == ["marker"]
+        bus.notify_many([])
+    finally:
+        listener.close()
+
+
+def test_a_failing_notify_in_a_shared_transaction_fails_alone(dsn: str) -> None:
+    with Dispatcher(dsn, client_encoding="LATIN1") as bus:
+        channel = unique()
+        got = Collector()
+        bus.subscribe(channel, got)
+        with pytest.raises(UnicodeEncodeError):
+            bus.notify_many([(channel, "before"), (channel, "€ not LATIN1"), (channel, "after")])
+        assert got.payloads == ["before", "after"]
+
+
+def test_concurrent_identical_notifies_are_never_folded(bus: Dispatcher) -> None:
+    channel = unique()
+    got = Collector()
+    bus.subscribe(channel, got)
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait(BOUND)
+        bus.notify_many([(channel, "same")] * 10)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BOUND)
+    assert got.wait(80) and len(got.items) == 80
