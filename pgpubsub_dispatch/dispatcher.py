@@ -230,6 +230,7 @@ class Dispatcher:
         self._inflight_wait = _POLL_OK
         self._last_traffic = 0.0
         self._dispatching = False
+        self._routing_version = 0  # bumped by every change of routes or handlers
         self._stop_requested = False
         self._lost: _ConnectionLost | None = None  # noticed inside a handler's in-place call
 
@@ -573,6 +574,7 @@ class Dispatcher:
 
     def _record(self, command: Command) -> None:
         """Apply ``command`` to the bookkeeping only (not running, or reconnecting)."""
+        self._routing_version += 1
         if isinstance(command, Notify):
             raise DispatcherStopped("notify() needs a running dispatcher: call start() first")
         if isinstance(command, Listen):
@@ -703,6 +705,7 @@ class Dispatcher:
             self._loop_execute(_listen_sql(channels))
             self._loop_wait_until_ok(deadline, "LISTENing")
         self._routes = {channel: self.signal(channel) for channel in channels}
+        self._routing_version += 1
         self._backend_pid = self._conn.get_backend_pid()
         self._last_traffic = time.monotonic()
         log.info(
@@ -1151,13 +1154,14 @@ class Dispatcher:
             self._explicit.add(command.channel)
             self._loop_route(command.channel)
         elif isinstance(command, Subscribe):
-            self._loop_route(command.channel)
             self.signal(command.channel).connect(command.handler, weak=False)
+            self._loop_route(command.channel)
         elif isinstance(command, Unlisten):
             self._explicit.discard(command.channel)
             self._loop_unroute(command.channel)
         elif isinstance(command, Unsubscribe):
             self._disconnect(command.channel, command.handler)
+            self._routing_version += 1
             channel = command.channel
             if not self._has_receivers(channel) and channel not in self._explicit:
                 self._loop_unroute(channel)
@@ -1184,10 +1188,12 @@ class Dispatcher:
 
     def _loop_route(self, channel: str) -> None:
         self._routes[channel] = self.signal(channel)
+        self._routing_version += 1
         self._want(channel)
 
     def _loop_unroute(self, channel: str) -> None:
         self._routes.pop(channel, None)
+        self._routing_version += 1
         self._unwant(channel)
         if self._pending:
             kept = collections.deque(n for n in self._pending if n.channel != channel)
@@ -1199,34 +1205,68 @@ class Dispatcher:
     def _loop_dispatch(self) -> None:
         """Call the handlers of every pending notification, in arrival order.
 
-        Never re-entered: a handler's in-place call may receive notifications, which wait in
-        ``_pending`` for this loop to reach them.
+        The hot path. A run of notifications on one channel reuses one snapshot of its
+        handlers until anything changes the routing (``_routing_version``): a handler that
+        unlistens or unsubscribes in place takes effect from the next handler call on.
+        Handlers connected straight to a channel's signal from another thread are seen from
+        the next batch on. Never re-entered: a handler's in-place call may receive
+        notifications, which wait in ``_pending`` for this loop to reach them.
         """
         if self._dispatching:
             return
         self._dispatching = True
+        dispatched = dropped = 0
         try:
-            pending, routes = self._pending, self._routes
+            pending = self._pending
+            cached_channel: str | None = None
+            handlers: tuple[Handler, ...] = ()
+            seen_version = -1
             while pending and not self._stop_requested and self._lost is None:
                 notification = pending.popleft()
-                route = routes.get(notification.channel)
-                if route is None:
-                    self._dropped += 1
+                channel = notification.channel
+                if channel != cached_channel or self._routing_version != seen_version:
+                    seen_version = self._routing_version
+                    cached_channel = channel
+                    handlers = self._loop_handlers(channel)
+                if not handlers:
+                    dropped += 1
                     continue
-                self._dispatched += 1
-                for receiver in tuple(route.receivers.values()):
-                    handler = _strong(receiver)
-                    if handler is None:
-                        continue
+                dispatched += 1
+                for position, handler in enumerate(handlers):
                     try:
                         handler(notification)
                     except Exception as exc:
                         self._loop_report_handler_error(handler, notification, exc)
-                    if routes.get(notification.channel) is not route:
-                        break  # a handler unlistened the channel: call no one else for it
+                    if self._routing_version != seen_version:
+                        self._loop_call_still_connected(notification, handlers[position + 1 :])
+                        cached_channel = None
+                        break
                 pending = self._pending  # _loop_unroute may have replaced it
         finally:
             self._dispatching = False
+            self._dispatched += dispatched
+            self._dropped += dropped
+
+    def _loop_call_still_connected(self, notification: Any, rest: tuple[Handler, ...]) -> None:
+        """After a handler changed the routing: call those of ``rest`` still connected."""
+        for handler in rest:
+            if handler not in self._loop_handlers(notification.channel):
+                continue  # unsubscribed, or the channel was unlistened, in place
+            try:
+                handler(notification)
+            except Exception as exc:
+                self._loop_report_handler_error(handler, notification, exc)
+
+    def _loop_handlers(self, channel: str) -> tuple[Handler, ...]:
+        """The handlers to call for ``channel`` now, in subscription order; ``()`` if none."""
+        route = self._routes.get(channel)
+        if route is None:
+            return ()
+        return tuple(
+            handler
+            for handler in map(_strong, tuple(route.receivers.values()))
+            if handler is not None
+        )
 
     def _loop_report_handler_error(
         self, handler: Handler, notification: Any, error: Exception

@@ -849,3 +849,27 @@ def test_concurrent_identical_notifies_are_never_folded(bus: Dispatcher) -> None
     for t in threads:
         t.join(BOUND)
     assert got.wait(80) and len(got.items) == 80
+
+
+def test_a_handler_unsubscribing_a_later_one_in_place_takes_effect_at_once(
+    bus: Dispatcher,
+) -> None:
+    channel = unique()
+    calls: list[str] = []
+
+    def later(notification: Any) -> None:
+        calls.append("later " + notification.payload)
+
+    def first(notification: Any) -> None:
+        calls.append("first " + notification.payload)
+        if notification.payload == "1":
+            bus.unsubscribe(channel, later)
+            bus.subscribe(channel, added)
+
+    def added(notification: Any) -> None:
+        calls.append("added " + notification.payload)
+
+    bus.subscribe(channel, first)
+    bus.subscribe(channel, later)
+    bus.notify_many([(channel, "1"), (channel, "2")])
+    assert calls == ["first 1", "first 2", "added 2"]
