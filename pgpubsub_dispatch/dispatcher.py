@@ -561,6 +561,9 @@ class Dispatcher:
         try:
             command.future.result(_remaining(deadline))
         except FutureTimeout:
+            if command.future.done() and not command.future.cancelled():
+                command.future.result(0)  # the command's own error (may be a TimeoutError)
+                return
             taken_back = command.future.cancel()  # if the thread has not taken it, it never will
             name = type(command).__name__.lower()
             if taken_back and self._backend_pid is None and self._state is _State.RUNNING:
@@ -953,7 +956,10 @@ class Dispatcher:
             if self._inflight_deadline is not None and _remaining(self._inflight_deadline) == 0:
                 what = type(self._inflight).__name__.lower()
                 raise _ConnectionLost(
-                    TimeoutError(f"no answer from the server to a {what} in time")
+                    psycopg2.OperationalError(
+                        f"no answer from the server to a {what} in time: "
+                        "the connection is presumed dead"
+                    )
                 )
         elif (
             self._heartbeat_interval is not None
@@ -1180,7 +1186,7 @@ class Dispatcher:
         if listening != set(self._routes):
             missing = sorted(set(self._routes) - listening)
             raise _ConnectionLost(
-                RuntimeError(
+                psycopg2.OperationalError(
                     f"the session stopped listening to {missing!r} (a pooler in transaction "
                     "mode? LISTEN needs session pooling)"
                 )

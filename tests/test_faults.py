@@ -1,0 +1,257 @@
+"""Real faults on servers and networks the test owns: down, crashed, half-open, failed over.
+
+Each test measures what it proves (detection and recovery times) and prints it, so that
+``pytest -s -k faults`` shows the figures quoted in the README's Reliability section.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+import pgpubsub_dispatch as pg
+from pgpubsub_dispatch import Dispatcher
+
+from .conftest import BOUND, Collector, send
+from .faults import PrivateServer, TcpProxy, private_server_fixture, server_proxy_fixture  # noqa: F401
+from .test_reconnect import Lifecycle
+
+
+def unique(prefix: str = "f") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def connect(dsn: str) -> Any:
+    conn = psycopg2.connect(dsn, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def stopped_after() -> Iterator[list[Dispatcher]]:
+    """Dispatchers registered here are stopped after the test, whatever happened."""
+    buses: list[Dispatcher] = []
+    yield buses
+    for bus in buses:
+        bus.stop(timeout=BOUND)
+
+
+def test_server_down_for_ten_seconds(private_server: PrivateServer, stopped_after: Any) -> None:
+    backoff_max = 2.0
+    bus = Dispatcher(private_server.dsn, backoff_min=0.1, backoff_max=backoff_max)
+    stopped_after.append(bus)
+    channel = unique("Down")
+    got = Collector()
+    bus.subscribe(channel, got)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+
+    private_server.stop()
+    lifecycle.wait_for("disconnected", 1)
+    cpu_before = time.process_time()
+    threading.Event().wait(10.0)  # the outage itself
+    cpu_while_down = time.process_time() - cpu_before
+    private_server.start()
+    back = time.monotonic()
+    lifecycle.wait_for("reconnected", 1, timeout=backoff_max + 5)
+    recovery = time.monotonic() - back
+    print(
+        f"\nserver down 10 s: recovered {recovery:.2f} s after it returned; "
+        f"process CPU while down {cpu_while_down:.3f} s"
+    )
+    assert recovery <= backoff_max + 1
+    assert cpu_while_down < 0.5  # no busy loop: a few attempts, each a connect() call
+    sender = connect(private_server.dsn)
+    try:
+        send(sender, channel, "after the outage")
+        assert got.wait(1)[0].payload == "after the outage"
+    finally:
+        sender.close()
+    assert bus.stats().reconnects == 1
+
+
+def test_server_crash_and_restart(private_server: PrivateServer, stopped_after: Any) -> None:
+    bus = Dispatcher(private_server.dsn, backoff_min=0.05, backoff_max=0.5)
+    stopped_after.append(bus)
+    channel = unique()
+    got = Collector()
+    bus.subscribe(channel, got)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    private_server.kill()
+    lifecycle.wait_for("disconnected", 1)
+    private_server.start()
+    lifecycle.wait_for("reconnected", 1)
+    sender = connect(private_server.dsn)
+    try:
+        send(sender, channel, "after the crash")
+        assert got.wait(1)[0].payload == "after the crash"
+    finally:
+        sender.close()
+
+
+def test_half_open_connection_is_detected_by_the_heartbeat(
+    private_server: PrivateServer, server_proxy: TcpProxy, stopped_after: Any
+) -> None:
+    interval, timeout = 1.0, 1.0
+    bus = Dispatcher(
+        private_server.dsn_at(server_proxy.port),
+        heartbeat_interval=interval,
+        heartbeat_timeout=timeout,
+        backoff_min=0.05,
+        backoff_max=0.5,
+    )
+    stopped_after.append(bus)
+    channel = unique()
+    got = Collector()
+    bus.subscribe(channel, got)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    old_pid = bus.backend_pid
+
+    server_proxy.blackhole()
+    dropped = time.monotonic()
+    lifecycle.wait_for("disconnected", 1, timeout=interval + timeout + 5)
+    detection = time.monotonic() - dropped
+    lifecycle.wait_for("reconnected", 1)
+    recovery = time.monotonic() - dropped
+    print(f"\nhalf-open: detected in {detection:.2f} s, listening again after {recovery:.2f} s")
+    assert detection <= interval + timeout + 0.5
+    assert bus.backend_pid != old_pid
+    error = lifecycle.wait_for("disconnected", 1)["error"]
+    assert isinstance(error, psycopg2.OperationalError) and "no answer" in str(error)
+
+    sender = connect(private_server.dsn)
+    try:
+        send(sender, channel, "after the half-open connection")
+        assert got.wait(1)[0].payload == "after the half-open connection"
+    finally:
+        sender.close()
+
+
+def test_half_open_while_a_notify_is_in_flight(
+    private_server: PrivateServer, server_proxy: TcpProxy, stopped_after: Any
+) -> None:
+    bus = Dispatcher(
+        private_server.dsn_at(server_proxy.port),
+        heartbeat_interval=0.5,
+        heartbeat_timeout=0.5,
+        backoff_min=0.05,
+        backoff_max=0.5,
+    )
+    stopped_after.append(bus)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    server_proxy.blackhole()
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError):
+        # Unknown outcome: the caller is told the connection died under its notify.
+        bus.notify(unique(), "into the void", timeout=BOUND)
+    assert time.monotonic() - started < 0.5 + 0.5 + 1
+    lifecycle.wait_for("reconnected", 1)
+    bus.notify(unique(), "works again", timeout=BOUND)
+
+
+def test_stop_returns_within_its_timeout_while_the_server_is_unreachable(
+    private_server: PrivateServer,
+) -> None:
+    bus = Dispatcher(private_server.dsn, backoff_min=0.05, backoff_max=0.2)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    private_server.stop()
+    lifecycle.wait_for("disconnected", 1)
+    caller_error: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            bus.notify("x", "y")
+        except BaseException as exc:
+            caller_error.append(exc)
+
+    caller = threading.Thread(target=waiting)
+    caller.start()
+    started = time.monotonic()
+    bus.stop(timeout=2)
+    assert time.monotonic() - started < 2
+    assert not bus.running
+    caller.join(BOUND)
+    assert len(caller_error) == 1 and isinstance(caller_error[0], pg.DispatcherStopped)
+
+
+def test_failover_to_the_next_host(stopped_after: Any) -> None:
+    with PrivateServer() as first, PrivateServer() as second:
+        dsn = (
+            f"host=127.0.0.1,127.0.0.1 port={first.port},{second.port} dbname=postgres "
+            "user=postgres target_session_attrs=read-write connect_timeout=5"
+        )
+        bus = Dispatcher(dsn, backoff_min=0.05, backoff_max=0.5)
+        stopped_after.append(bus)
+        channels = [unique("Fail Over"), unique("fo")]
+        got = Collector()
+        for channel in channels:
+            bus.subscribe(channel, got)
+        lifecycle = Lifecycle(bus)
+        bus.start(timeout=BOUND)
+        first_pid = bus.backend_pid
+
+        first.stop()
+        stopped = time.monotonic()
+        info = lifecycle.wait_for("reconnected", 1)
+        print(
+            f"\nfailover: listening on the second server {time.monotonic() - stopped:.2f} s "
+            "after the first stopped"
+        )
+        assert info["backend_pid"] == bus.backend_pid != first_pid
+        sender = connect(second.dsn)
+        try:
+            with sender.cursor() as cur:
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE pid = %s", (bus.backend_pid,))
+                assert cur.fetchone() == (bus.backend_pid,)  # the session is on the second
+            for channel in channels:
+                send(sender, channel, "on the second server")
+            assert {n.channel for n in got.wait(2)} == set(channels)
+        finally:
+            sender.close()
+
+
+def test_two_hundred_start_listen_stop_cycles_under_traffic(dsn: str) -> None:
+    channel = unique()
+    stop_sending = threading.Event()
+    send_errors: list[BaseException] = []
+
+    def keep_sending() -> None:
+        conn = connect(dsn)
+        try:
+            while not stop_sending.is_set():
+                send(conn, channel, "traffic")
+        except BaseException as exc:  # pragma: no cover - reported below
+            send_errors.append(exc)
+        finally:
+            conn.close()
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    slowest_stop = 0.0
+    try:
+        bus = Dispatcher(dsn)
+        got = Collector()
+        for _ in range(200):
+            bus.start(timeout=BOUND)
+            bus.subscribe(channel, got)
+            started = time.monotonic()
+            bus.stop(timeout=BOUND)
+            slowest_stop = max(slowest_stop, time.monotonic() - started)
+            assert not bus.running
+            bus.unsubscribe(channel, got)
+    finally:
+        stop_sending.set()
+        sender.join(BOUND)
+    print(f"\n200 cycles: slowest stop {slowest_stop * 1000:.1f} ms")
+    assert send_errors == []
+    assert slowest_stop < 2.0
