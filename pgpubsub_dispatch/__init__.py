@@ -33,6 +33,12 @@ from .errors import (
 )
 from .notification import Notification
 from .signals import connected, disconnected, handler_error, reconnected
+from .triggers import (
+    create_table_notify_trigger,
+    create_tables_notify_func,
+    drop_table_notify_trigger,
+    drop_tables_notify_func,
+)
 
 __all__ = [
     "MAX_CHANNEL_BYTES",
@@ -49,7 +55,11 @@ __all__ = [
     "PubSubError",
     "connect",
     "connected",
+    "create_table_notify_trigger",
+    "create_tables_notify_func",
     "disconnected",
+    "drop_table_notify_trigger",
+    "drop_tables_notify_func",
     "handler_error",
     "reconnected",
 ]
