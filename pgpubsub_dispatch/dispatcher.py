@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
@@ -158,6 +158,15 @@ class Dispatcher:
     :param heartbeat_timeout: seconds that check may take before the connection is declared
         dead and replaced (default 5). A command of the caller's that makes no progress for
         ``heartbeat_interval + heartbeat_timeout`` seconds is also taken as a dead connection.
+    :param executor: a :class:`concurrent.futures.Executor` to run handlers on, off the
+        dispatcher thread, so a slow handler never delays receipt. Each channel's
+        notifications are still handled one at a time, in arrival order; different channels
+        run in parallel. ``None`` (default) runs handlers on the dispatcher thread. The
+        executor stays the caller's to shut down.
+    :param max_pending: with an ``executor``, the most notifications waiting for it (default
+        10,000). When reached, the dispatcher applies backpressure: it stops reading
+        notifications from the server (which keeps them in its queue) until handlers catch up,
+        while commands (``notify``, ``listen``, ...) are still served. Nothing is dropped.
     :param connect_kwargs: libpq parameters (``host``, ``dbname``, ``user``, ``connect_timeout``,
         ...) as for :func:`psycopg2.connect`. ``connect_timeout`` (default 10) bounds each
         connection attempt.
@@ -177,6 +186,8 @@ class Dispatcher:
         backoff_max: float = 30.0,
         heartbeat_interval: float | None = 10.0,
         heartbeat_timeout: float = 5.0,
+        executor: Executor | None = None,
+        max_pending: int = 10_000,
         **connect_kwargs: Any,
     ) -> None:
         if dsn is not None and not isinstance(dsn, str):
@@ -192,6 +203,10 @@ class Dispatcher:
         ]:
             if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, not {executor!r}")
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive int, not {max_pending!r}")
         if backoff_min > backoff_max:
             raise ValueError(f"backoff_min ({backoff_min}) exceeds backoff_max ({backoff_max})")
         self._dsn = dsn
@@ -202,6 +217,13 @@ class Dispatcher:
         self._backoff = (float(backoff_min), float(backoff_max))
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = float(heartbeat_timeout)
+        self._executor = executor
+        self._max_pending = max_pending
+        # Handed to the executor, per channel; guarded by _work_lock (any thread).
+        self._work_lock = threading.Lock()
+        self._work: dict[str, collections.deque[Any]] = {}  # a key only while a task runs
+        self._work_count = 0
+        self._backpressure = False  # dispatcher thread: stop reading until work drains
 
         # Shared between threads; every transition happens under _lock.
         self._lock = threading.RLock()
@@ -929,6 +951,8 @@ class Dispatcher:
             timeout = self._loop_next_timeout(grace_deadline)
             if self._inflight is not None and self._inflight_wait == _POLL_WRITE:
                 ready = wait([wake_fd], [conn_fd], timeout)
+            elif self._inflight is None and self._backpressure:
+                ready = wait([wake_fd], [], timeout)  # read nothing until handlers catch up
             else:
                 ready = wait([conn_fd, wake_fd], [], timeout)
             if wake_fd in ready:
@@ -1201,6 +1225,8 @@ class Dispatcher:
         self._routes.pop(channel, None)
         self._routing_version += 1
         self._unwant(channel)
+        if self._executor is not None:
+            self._loop_drop_work(channel)
         if self._pending:
             kept = collections.deque(n for n in self._pending if n.channel != channel)
             self._dropped += len(self._pending) - len(kept)
@@ -1233,16 +1259,22 @@ class Dispatcher:
                 if channel != cached_channel or self._routing_version != seen_version:
                     seen_version = self._routing_version
                     cached_channel = channel
-                    handlers = self._loop_handlers(channel)
+                    handlers = self._handlers_for(channel)
                 if not handlers:
                     dropped += 1
+                    continue
+                if self._executor is not None:
+                    if not self._loop_hand_off(notification):
+                        pending.appendleft(notification)  # backpressure: resume when drained
+                        break
+                    dispatched += 1
                     continue
                 dispatched += 1
                 for position, handler in enumerate(handlers):
                     try:
                         handler(notification)
                     except Exception as exc:
-                        self._loop_report_handler_error(handler, notification, exc)
+                        self._report_handler_error(handler, notification, exc)
                     if self._routing_version != seen_version:
                         self._loop_call_still_connected(notification, handlers[position + 1 :])
                         cached_channel = None
@@ -1253,18 +1285,69 @@ class Dispatcher:
             self._dispatched += dispatched
             self._dropped += dropped
 
+    def _loop_hand_off(self, notification: Any) -> bool:
+        """Queue ``notification`` for its channel's executor task; ``False`` when full."""
+        channel = notification.channel
+        with self._work_lock:
+            if self._work_count >= self._max_pending:
+                self._backpressure = True
+                return False
+            self._work_count += 1
+            queue = self._work.get(channel)
+            if queue is not None:
+                queue.append(notification)  # the channel's task is running: it will see it
+                return True
+            self._work[channel] = collections.deque([notification])
+        assert self._executor is not None
+        self._executor.submit(self._work_on_channel, channel)
+        return True
+
+    def _work_on_channel(self, channel: str) -> None:
+        """Executor thread: handle ``channel``'s queued notifications in order, then end."""
+        waker = self._waker
+        while True:
+            with self._work_lock:
+                queue = self._work.get(channel)
+                if not queue:
+                    self._work.pop(channel, None)
+                    return
+                notification = queue.popleft()
+                self._work_count -= 1
+                resume = self._backpressure and self._work_count < self._max_pending
+                if resume:
+                    self._backpressure = False
+            if resume and waker is not None:
+                waker.wake_now()
+            for handler in self._handlers_for(channel):
+                try:
+                    handler(notification)
+                except Exception as exc:
+                    self._report_handler_error(handler, notification, exc)
+
+    def _loop_drop_work(self, channel: str) -> None:
+        """Forget what waits for the executor on ``channel`` (it was unlistened)."""
+        with self._work_lock:
+            queue = self._work.get(channel)
+            if queue:
+                self._work_count -= len(queue)
+                self._dropped += len(queue)
+                queue.clear()
+
     def _loop_call_still_connected(self, notification: Any, rest: tuple[Handler, ...]) -> None:
         """After a handler changed the routing: call those of ``rest`` still connected."""
         for handler in rest:
-            if handler not in self._loop_handlers(notification.channel):
+            if handler not in self._handlers_for(notification.channel):
                 continue  # unsubscribed, or the channel was unlistened, in place
             try:
                 handler(notification)
             except Exception as exc:
-                self._loop_report_handler_error(handler, notification, exc)
+                self._report_handler_error(handler, notification, exc)
 
-    def _loop_handlers(self, channel: str) -> tuple[Handler, ...]:
-        """The handlers to call for ``channel`` now, in subscription order; ``()`` if none."""
+    def _handlers_for(self, channel: str) -> tuple[Handler, ...]:
+        """The handlers to call for ``channel`` now, in subscription order; ``()`` if none.
+
+        Dispatcher thread, or an executor thread (a read of the routes only).
+        """
         route = self._routes.get(channel)
         if route is None:
             return ()
@@ -1274,9 +1357,8 @@ class Dispatcher:
             if handler is not None
         )
 
-    def _loop_report_handler_error(
-        self, handler: Handler, notification: Any, error: Exception
-    ) -> None:
+    def _report_handler_error(self, handler: Handler, notification: Any, error: Exception) -> None:
+        """Log and signal a handler's exception (dispatcher or executor thread)."""
         self._handler_errors += 1
         log.error(
             "handler %r raised on channel %r",
