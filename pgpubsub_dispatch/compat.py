@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .dispatcher import Dispatcher
+from .errors import DispatcherStopped, NotConnected
 
 __all__ = ["PubSub", "connect"]
 
@@ -32,14 +33,15 @@ class _BackendPidView:
     def get_backend_pid(self) -> int:
         """Return the ``int`` pid of the server session.
 
+        :raises NotConnected: while the dispatcher is reconnecting.
         :raises DispatcherStopped: after :meth:`PubSub.close`.
         """
         pid = self._dispatcher.backend_pid
-        if pid is None:
-            from .errors import DispatcherStopped
-
-            raise DispatcherStopped("the PubSub connection is closed")
-        return pid
+        if pid is not None:
+            return pid
+        if self._dispatcher.running:
+            raise NotConnected("reconnecting: there is no server session right now")
+        raise DispatcherStopped("the PubSub connection is closed")
 
 
 class PubSub:

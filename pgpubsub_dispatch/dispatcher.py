@@ -321,7 +321,8 @@ class Dispatcher:
         :param timeout: seconds to allow for connecting and LISTENing; ``None`` allows the
             ``connect_timeout`` connection parameter when given, else 10 seconds per attempt.
         :returns: ``self``, so that ``bus = Dispatcher(dsn).start()`` works.
-        :raises RuntimeError: if the dispatcher is already running or starting.
+        :raises RuntimeError: if the dispatcher is already running or starting (a dispatcher
+            still stopping, after ``stop()`` from a handler, is waited for first).
         :raises DispatcherStopped: in a child process that inherited it through ``fork()``,
             or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
@@ -331,6 +332,7 @@ class Dispatcher:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
         deadline = _deadline(self._attempt_seconds if timeout is None else timeout)
+        self._join_stopping_thread(deadline)
         with self._lock:
             if self._state is _State.FORKED:
                 raise DispatcherStopped(self._forked_message())
@@ -531,6 +533,16 @@ class Dispatcher:
         return found
 
     # ------------------------------------------------------------ callers' threads, private
+
+    def _join_stopping_thread(self, deadline: float | None) -> None:
+        """Let a thread that is stopping (say, stop() from a handler) end before a restart."""
+        thread = self._thread
+        if (
+            self._state is _State.STOPPING
+            and thread is not None
+            and thread.ident != threading.get_ident()
+        ):
+            thread.join(_remaining(deadline))
 
     def _request_stop(self) -> threading.Thread | None:
         """Ask the thread to stop; return it, or ``None`` when there is none to stop."""

@@ -873,3 +873,30 @@ def test_a_handler_unsubscribing_a_later_one_in_place_takes_effect_at_once(
     bus.subscribe(channel, later)
     bus.notify_many([(channel, "1"), (channel, "2")])
     assert calls == ["first 1", "first 2", "added 2"]
+
+
+def test_start_after_a_handler_stopped_it_waits_for_the_old_thread(
+    dsn: str, sender: Any
+) -> None:
+    channel = unique()
+    bus = Dispatcher(dsn)
+    stopped = threading.Event()
+    pg.disconnected.connect(lambda s, error: stopped.set(), sender=bus, weak=False)
+    release, asked = threading.Event(), threading.Event()
+
+    @bus.on(channel)
+    def stop_then_linger(notification: Any) -> None:
+        if notification.payload == "stop":
+            bus.stop()
+            asked.set()
+            release.wait(BOUND)  # the thread is still busy when start() comes
+
+    bus.start(timeout=BOUND)
+    send(sender, channel, "stop")
+    assert asked.wait(BOUND)
+    threading.Timer(0.2, release.set).start()
+    bus.start(timeout=BOUND)  # waits for the old thread rather than raising
+    try:
+        assert stopped.is_set() and bus.running
+    finally:
+        bus.stop(timeout=BOUND)
