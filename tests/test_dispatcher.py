@@ -875,9 +875,7 @@ def test_a_handler_unsubscribing_a_later_one_in_place_takes_effect_at_once(
     assert calls == ["first 1", "first 2", "added 2"]
 
 
-def test_start_after_a_handler_stopped_it_waits_for_the_old_thread(
-    dsn: str, sender: Any
-) -> None:
+def test_start_after_a_handler_stopped_it_waits_for_the_old_thread(dsn: str, sender: Any) -> None:
     channel = unique()
     bus = Dispatcher(dsn)
     stopped = threading.Event()
