@@ -33,6 +33,8 @@ from .errors import (
 )
 from .notification import Notification
 from .signals import connected, disconnected, handler_error, reconnected
+from .streams import NotificationStream
+from .transactional import notify
 from .triggers import (
     create_table_notify_trigger,
     create_tables_notify_func,
@@ -50,6 +52,7 @@ __all__ = [
     "NoServerAvailable",
     "NotConnected",
     "Notification",
+    "NotificationStream",
     "PayloadTooLarge",
     "PubSub",
     "PubSubError",
@@ -61,6 +64,7 @@ __all__ = [
     "drop_table_notify_trigger",
     "drop_tables_notify_func",
     "handler_error",
+    "notify",
     "reconnected",
 ]
 

@@ -21,6 +21,7 @@ __all__ = [
     "Listen",
     "Notify",
     "NotifyBatch",
+    "QueueUsage",
     "Subscribe",
     "Unlisten",
     "Unsubscribe",
@@ -36,7 +37,7 @@ class Command:
     __slots__ = ("future",)
 
     def __init__(self) -> None:
-        self.future: Future[None] = Future()
+        self.future: Future[Any] = Future()
 
 
 class Listen(Command):
@@ -112,5 +113,11 @@ class Unsubscribe(Command):
 
 class Heartbeat(Command):
     """The dispatcher's own liveness probe: ``SELECT pg_listening_channels()``."""
+
+    __slots__ = ()
+
+
+class QueueUsage(Command):
+    """``SELECT pg_notification_queue_usage()``: its result is the fraction (0.0 to 1.0)."""
 
     __slots__ = ()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import json
 import logging
 import os
 import random
@@ -55,6 +56,7 @@ from ._commands import (
     Listen,
     Notify,
     NotifyBatch,
+    QueueUsage,
     Subscribe,
     Unlisten,
     Unsubscribe,
@@ -63,6 +65,7 @@ from ._connection import attempt_timeout, describe_target, with_liveness
 from ._names import check_channel
 from ._waiting import Waker, wait
 from .errors import DispatcherStopped, NotConnected
+from .streams import NotificationStream
 
 __all__ = ["Dispatcher", "DispatcherStats"]
 
@@ -121,6 +124,8 @@ class DispatcherStats:
         last_error: text of the last connection error, or ``None``.
         backend_pid: pid of the current server session, ``None`` when not connected.
         connected: whether a session is up right now.
+        queue_usage: the server's notification queue use (0.0 to 1.0) at the last heartbeat,
+            ``None`` before the first.
     """
 
     received: int
@@ -131,6 +136,7 @@ class DispatcherStats:
     last_error: str | None
     backend_pid: int | None
     connected: bool
+    queue_usage: float | None
 
 
 class Dispatcher:
@@ -167,6 +173,9 @@ class Dispatcher:
         10,000). When reached, the dispatcher applies backpressure: it stops reading
         notifications from the server (which keeps them in its queue) until handlers catch up,
         while commands (``notify``, ``listen``, ...) are still served. Nothing is dropped.
+    :param queue_warning: the fraction of the server's notification queue in use
+        (``pg_notification_queue_usage()``, checked by each heartbeat) above which a warning
+        is logged (default 0.5).
     :param connect_kwargs: libpq parameters (``host``, ``dbname``, ``user``, ``connect_timeout``,
         ...) as for :func:`psycopg2.connect`. ``connect_timeout`` (default 10) bounds each
         connection attempt.
@@ -188,6 +197,7 @@ class Dispatcher:
         heartbeat_timeout: float = 5.0,
         executor: Executor | None = None,
         max_pending: int = 10_000,
+        queue_warning: float = 0.5,
         **connect_kwargs: Any,
     ) -> None:
         if dsn is not None and not isinstance(dsn, str):
@@ -219,6 +229,8 @@ class Dispatcher:
         self._heartbeat_timeout = float(heartbeat_timeout)
         self._executor = executor
         self._max_pending = max_pending
+        self._queue_warning = float(queue_warning)
+        self._queue_usage: float | None = None
         # Handed to the executor, per channel; guarded by _work_lock (any thread).
         self._work_lock = threading.Lock()
         self._work: dict[str, collections.deque[Any]] = {}  # a key only while a task runs
@@ -245,7 +257,7 @@ class Dispatcher:
         self._conn: psycopg2.extensions.connection | None = None
         self._routes: dict[str, blinker.Signal] = {}  # channels LISTENed on this session
         self._pending: collections.deque[Any] = collections.deque()
-        self._held: collections.deque[Notify] = collections.deque()  # waiting for a session
+        self._held: collections.deque[Command] = collections.deque()  # waiting for a session
         self._inflight: Command | None = None
         self._inflight_deadline: float | None = None
         self._cursor: psycopg2.extensions.cursor | None = None
@@ -309,6 +321,7 @@ class Dispatcher:
             last_error=self._last_error,
             backend_pid=self._backend_pid,
             connected=self._backend_pid is not None,
+            queue_usage=self._queue_usage,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
@@ -463,6 +476,64 @@ class Dispatcher:
         if commands:
             self._submit_all(commands, timeout)
 
+    def notify_json(self, channel: str, obj: Any, timeout: float | None = None) -> None:
+        """Send ``obj`` encoded as compact JSON (see :meth:`notify`).
+
+        Encoded with :func:`json.dumps` (``separators=(",", ":")``, ``ensure_ascii=False``,
+        ``allow_nan=False``); the size limit applies to the encoded text. Read it back with
+        ``json.loads(notification.payload)``.
+
+        :param channel: exact, case-sensitive channel name.
+        :param obj: any JSON-serialisable object.
+        :param timeout: seconds to wait; ``None`` waits as long as it takes.
+        :raises TypeError: if ``obj`` is not JSON-serialisable.
+        :raises ValueError: if it holds NaN or infinity.
+        :raises PayloadTooLarge: if its encoding is 8000 bytes or more in UTF-8.
+        :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
+            :meth:`notify`.
+        """
+        payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        self.notify(channel, payload, timeout)
+
+    def stream(
+        self, *channels: str, maxsize: int = 1000, overflow: str = "drop_oldest"
+    ) -> NotificationStream:
+        """Return a :class:`NotificationStream` of ``channels`` for one consumer.
+
+        ``with bus.stream("chat") as stream:`` subscribes on enter and unsubscribes on exit;
+        inside, ``for notification in stream`` (or ``stream.get(timeout=...)``) in a thread,
+        or ``async for notification in stream`` in any asyncio event loop. When ``maxsize``
+        notifications wait, the oldest is dropped and counted in ``stream.dropped``
+        (``overflow="drop_newest"`` drops the new one instead), so a slow consumer never
+        stalls the dispatcher.
+
+        :param channels: one or more exact channel names.
+        :param maxsize: the most notifications kept waiting (default 1000).
+        :param overflow: ``"drop_oldest"`` (default) or ``"drop_newest"``.
+        :returns: a stream, not yet subscribed: use it in a ``with`` block (or ``open()``).
+        :raises InvalidChannelName: if a channel name is not acceptable.
+        :raises ValueError: without channels, ``maxsize`` < 1, or an unknown ``overflow``.
+        """
+        return NotificationStream(self, channels, maxsize=maxsize, overflow=overflow)
+
+    def queue_usage(self, timeout: float | None = None) -> float:
+        """Return how full the server's notification queue is, from 0.0 to 1.0.
+
+        ``pg_notification_queue_usage()`` (PostgreSQL's System Information Functions): the
+        queue is shared by the whole server, 8 GB by default; when it is full, every commit
+        that notifies fails. A session that listens but stays in a long transaction keeps it
+        from emptying. The heartbeat also checks it and logs a warning above
+        ``queue_warning``.
+
+        :param timeout: seconds to wait; ``None`` waits as long as it takes.
+        :returns: the used fraction (``float``).
+        :raises DispatcherStopped: if the dispatcher is not running.
+        :raises NotConnected, TimeoutError, psycopg2.Error: as :meth:`notify`.
+        """
+        command = QueueUsage()
+        self._submit(command, timeout)
+        return float(command.future.result(0))
+
     def subscribe(self, channel: str, handler: H, timeout: float | None = None) -> H:
         """Connect ``handler`` to ``channel`` (strong reference) and LISTEN to it.
 
@@ -612,8 +683,8 @@ class Dispatcher:
     def _record(self, command: Command) -> None:
         """Apply ``command`` to the bookkeeping only (not running, or reconnecting)."""
         self._routing_version += 1
-        if isinstance(command, Notify):
-            raise DispatcherStopped("notify() needs a running dispatcher: call start() first")
+        if isinstance(command, (Notify, QueueUsage)):
+            raise DispatcherStopped("this needs a running dispatcher: call start() first")
         if isinstance(command, Listen):
             self._explicit.add(command.channel)
             self._want(command.channel)
@@ -871,7 +942,7 @@ class Dispatcher:
         """While disconnected: record channel changes at once, hold notifies for later."""
         while self._queue:
             command = self._queue.popleft()
-            if isinstance(command, Notify):
+            if isinstance(command, (Notify, QueueUsage)):
                 # Left pending, so a caller that times out can still cancel it: never sent.
                 self._held.append(command)
             elif command.future.set_running_or_notify_cancel():
@@ -1058,8 +1129,8 @@ class Dispatcher:
         if self._state is not _State.RUNNING or self._stop_requested:
             raise DispatcherStopped("the dispatcher is stopping")
         if self._conn is None or self._lost is not None:  # reconnecting
-            if isinstance(command, Notify):
-                raise NotConnected(f"notify not sent: reconnecting ({self._last_error})")
+            if isinstance(command, (Notify, QueueUsage)):
+                raise NotConnected(f"not connected: reconnecting ({self._last_error})")
             self._record(command)
             return
         if self._inflight is not None:  # cannot happen from a handler; defend the invariant
@@ -1142,6 +1213,8 @@ class Dispatcher:
             return _unlisten_sql(channel), None
         if isinstance(command, Heartbeat):
             return _HEARTBEAT_SQL, None
+        if isinstance(command, QueueUsage):
+            return _QUEUE_USAGE_SQL, None
         raise TypeError(f"unknown command {command!r}")
 
     def _loop_execute(self, query: str | sql.Composable, params: Any = None) -> None:
@@ -1209,16 +1282,31 @@ class Dispatcher:
                 self._loop_unroute(channel)
         elif isinstance(command, Heartbeat):
             self._loop_check_heartbeat()
+        result = None
+        if isinstance(command, QueueUsage):
+            assert self._cursor is not None
+            row = self._cursor.fetchone()
+            result = None if row is None else row[0]
         self._loop_dispatch()
         if isinstance(command, NotifyBatch):
             for notify in command.notifies:
                 notify.future.set_result(None)
-        command.future.set_result(None)
+        command.future.set_result(result)
 
     def _loop_check_heartbeat(self) -> None:
         """Compare what the session listens to with what it should (a pooler loses LISTENs)."""
         assert self._cursor is not None
-        listening = {row[0] for row in self._cursor.fetchall()}
+        row = self._cursor.fetchone()
+        assert row is not None
+        usage, channels = row
+        self._queue_usage = float(usage)
+        if self._queue_usage > self._queue_warning:
+            log.warning(
+                "the server's notification queue is %.0f%% full (a listener stuck in a long "
+                "transaction keeps it from emptying; when full, every NOTIFY fails)",
+                self._queue_usage * 100,
+            )
+        listening = set(channels)
         if listening != set(self._routes):
             missing = sorted(set(self._routes) - listening)
             raise _ConnectionLost(
@@ -1394,7 +1482,10 @@ class Dispatcher:
 _NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 # unnest() yields the pairs in array order, so they are notified (and delivered) in order.
 _NOTIFY_BATCH_SQL = "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS t(c, p)"
-_HEARTBEAT_SQL = "SELECT pg_listening_channels()"
+_HEARTBEAT_SQL = (
+    "SELECT pg_notification_queue_usage(), array(SELECT pg_listening_channels())::text[]"
+)
+_QUEUE_USAGE_SQL = "SELECT pg_notification_queue_usage()"
 
 
 def _unlisten_sql(channel: str) -> sql.Composable:

@@ -1,0 +1,218 @@
+"""Streams: the notifications of some channels, as an iterator, for one consumer.
+
+A stream suits a subscriber that comes and goes, such as one browser connection of a web app:
+``with bus.stream("chat") as stream: for notification in stream: ...``. It subscribes on enter
+and unsubscribes on exit. Its handler only appends to a bounded buffer, so a slow consumer
+never stalls the dispatcher: when the buffer is full, the oldest notification is dropped and
+counted (``overflow="drop_oldest"``, the default), or the new one is (``"drop_newest"``).
+
+It is a blocking iterator (``for``, :meth:`NotificationStream.get`) for threads and an async
+iterator (``async for``) for any asyncio event loop, in any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._names import check_channel
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
+
+__all__ = ["OVERFLOW_POLICIES", "NotificationStream"]
+
+OVERFLOW_POLICIES = ("drop_oldest", "drop_newest")
+"""What a full stream does with one more notification: drop its oldest, or the new one."""
+
+
+class NotificationStream:
+    """A bounded buffer of the notifications of some channels; make one with ``bus.stream()``.
+
+    Use it as a context manager: entering subscribes to every channel (LISTENing as needed),
+    leaving unsubscribes (UNLISTENing channels nothing else wants) and ends iteration.
+
+    :param dispatcher: the :class:`~pgpubsub_dispatch.Dispatcher` to subscribe to.
+    :param channels: one or more exact channel names.
+    :param maxsize: the most notifications kept waiting (``int`` >= 1).
+    :param overflow: ``"drop_oldest"`` (default) or ``"drop_newest"``, when full.
+    :raises InvalidChannelName: if a channel name is not acceptable.
+    :raises ValueError: without channels, with ``maxsize`` < 1, or an unknown ``overflow``.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        channels: tuple[str, ...],
+        *,
+        maxsize: int = 1000,
+        overflow: str = "drop_oldest",
+    ) -> None:
+        if not channels:
+            raise ValueError("a stream needs at least one channel")
+        if not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError(f"maxsize must be an int >= 1, not {maxsize!r}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
+        self._dispatcher = dispatcher
+        self.channels: tuple[str, ...] = tuple(dict.fromkeys(map(check_channel, channels)))
+        """The channels, without duplicates, in the order given."""
+        self.maxsize = maxsize
+        self._drop_oldest = overflow == "drop_oldest"
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition()
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._dropped = 0
+        self._subscribed: list[str] = []
+        self._closed = False
+
+    # -------------------------------------------------------------- life cycle
+
+    def __enter__(self) -> NotificationStream:
+        """Subscribe to every channel; on failure, undo what was done and raise."""
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Unsubscribe and end iteration (see :meth:`close`)."""
+        self.close()
+
+    def open(self, timeout: float | None = None) -> NotificationStream:
+        """Subscribe to every channel (what ``with`` does on enter).
+
+        :param timeout: seconds for each subscription; ``None`` waits as long as it takes.
+        :returns: ``self``.
+        :raises RuntimeError: if the stream is already open or was closed.
+        :raises psycopg2.Error, TimeoutError, DispatcherStopped: as
+            :meth:`Dispatcher.subscribe`; channels already subscribed are unsubscribed again.
+        """
+        if self._subscribed or self._closed:
+            raise RuntimeError("a stream is opened once")
+        try:
+            for channel in self.channels:
+                self._dispatcher.subscribe(channel, self._put, timeout=timeout)
+                self._subscribed.append(channel)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Unsubscribe from every channel and end iteration. Idempotent, any thread.
+
+        Notifications still buffered can be read with :meth:`get` until it is empty.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        _wake_all(waiters)
+        subscribed, self._subscribed = self._subscribed, []
+        for channel in subscribed:
+            try:
+                self._dispatcher.unsubscribe(channel, self._put)
+            except Exception:  # stopped or stopping: its handler goes with it anyway
+                self._dispatcher._disconnect(channel, self._put)
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` ran (``with`` exited)."""
+        return self._closed
+
+    @property
+    def dropped(self) -> int:
+        """How many notifications were dropped because the stream was full (``int``)."""
+        return self._dropped
+
+    def __len__(self) -> int:
+        """How many notifications are waiting to be read."""
+        return len(self._items)
+
+    # -------------------------------------------------------------- the handler
+
+    def _put(self, notification: Any) -> None:
+        """The stream's handler (dispatcher thread): buffer, never block."""
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._items) >= self.maxsize:
+                self._dropped += 1
+                if not self._drop_oldest:
+                    return
+                self._items.popleft()
+            self._items.append(notification)
+            self._cond.notify()
+            waiters, self._async_waiters = self._async_waiters, []
+        _wake_all(waiters)
+
+    # -------------------------------------------------------------- reading, threads
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the oldest waiting notification, waiting for one if needed.
+
+        Do not call it from a handler: the dispatcher thread would wait for itself.
+
+        :param timeout: seconds to wait; ``None`` waits as long as it takes; ``0`` only looks.
+        :returns: a notification (``channel``, ``payload``, ``pid``).
+        :raises queue.Empty: if none arrived within ``timeout``, or the stream is closed
+            and empty.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self._closed, timeout)
+            if self._items:
+                return self._items.popleft()
+        raise queue.Empty("no notification" + (" (stream closed)" if self._closed else ""))
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield notifications as they arrive, until the stream is closed and empty."""
+        while True:
+            try:
+                yield self.get()
+            except queue.Empty:
+                return
+
+    # -------------------------------------------------------------- reading, asyncio
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for notification in stream``: waits without blocking the event loop."""
+        return self._async_iter()
+
+    async def _async_iter(self) -> AsyncIterator[Any]:
+        while True:
+            notification = await self.get_async()
+            if notification is None:
+                return
+            yield notification
+
+    async def get_async(self) -> Any | None:
+        """Return the oldest waiting notification, awaiting one; ``None`` once closed and empty.
+
+        Works in any event loop, in any thread; wrap it in ``asyncio.wait_for`` for a timeout.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if self._items:
+                    return self._items.popleft()
+                if self._closed:
+                    return None
+                arrived: asyncio.Future[None] = loop.create_future()
+                self._async_waiters.append((loop, arrived))
+            await arrived
+
+
+def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    for loop, future in waiters:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,44 @@
+"""Notify inside your own transaction: sent if, and only if, it commits.
+
+``bus.notify`` commits at once on the dispatcher's own connection. To tie a notification to
+your data ("notify after insert"), run ``pg_notify`` on the connection that writes the data,
+in the same transaction: PostgreSQL delivers it at commit, and never if it rolls back
+(see NOTIFY in the PostgreSQL documentation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._names import check_channel, check_payload
+
+__all__ = ["notify"]
+
+_SQL = "SELECT pg_notify(%s, %s)"
+
+
+def notify(conn_or_cursor: Any, channel: str, payload: str = "") -> None:
+    """Run the validated ``SELECT pg_notify(channel, payload)`` on your own connection.
+
+    The notification joins the caller's current transaction: it is delivered when that
+    transaction commits, and never if it rolls back. On an autocommit connection it is sent
+    at once. Nothing is committed here.
+
+    :param conn_or_cursor: a psycopg2 connection or cursor, or a psycopg 3 connection or
+        cursor (anything with ``execute(sql, params)`` or ``cursor()``), using ``%s``
+        placeholders.
+    :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
+    :param payload: text shorter than 8000 bytes in UTF-8, without NUL.
+    :raises InvalidChannelName: if the channel name is not acceptable.
+    :raises TypeError: if ``payload`` is not a ``str``.
+    :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in UTF-8.
+    :raises ValueError: if ``payload`` contains NUL.
+    :raises psycopg2.Error: (or psycopg's) what the server raised.
+    """
+    params = (check_channel(channel), check_payload(payload))
+    execute = getattr(conn_or_cursor, "execute", None)
+    if execute is not None:
+        execute(_SQL, params)  # a cursor, or a psycopg 3 connection
+        return
+    with conn_or_cursor.cursor() as cursor:  # a psycopg2 connection
+        cursor.execute(_SQL, params)
