@@ -690,14 +690,14 @@ class Dispatcher:
             self._want(command.channel)
         elif isinstance(command, Unlisten):
             self._explicit.discard(command.channel)
-            self._unwant(command.channel)
+            self._unroute(command.channel)
         elif isinstance(command, Subscribe):
             self.signal(command.channel).connect(command.handler, weak=False)
             self._want(command.channel)
         elif isinstance(command, Unsubscribe):
             self._disconnect(command.channel, command.handler)
             if not self._has_receivers(command.channel) and command.channel not in self._explicit:
-                self._unwant(command.channel)
+                self._unroute(command.channel)
 
     def _forked_message(self) -> str:
         return (
@@ -865,8 +865,8 @@ class Dispatcher:
         if command is not None:
             self._loop_settle_interrupted(command, reason)
         self._loop_dispatch()  # what arrived before the loss was listened to: deliver it
-        self._routes = {}
         self._pending.clear()
+        # The routes stay until the reconnection replaces them: executor tasks still use them.
         self._loop_send_lifecycle(signals.disconnected, error=reason)
 
     def _loop_settle_interrupted(self, command: Command, reason: BaseException) -> None:
@@ -1273,13 +1273,13 @@ class Dispatcher:
             self._loop_route(command.channel)
         elif isinstance(command, Unlisten):
             self._explicit.discard(command.channel)
-            self._loop_unroute(command.channel)
+            self._unroute(command.channel)
         elif isinstance(command, Unsubscribe):
             self._disconnect(command.channel, command.handler)
             self._routing_version += 1
             channel = command.channel
             if not self._has_receivers(channel) and channel not in self._explicit:
-                self._loop_unroute(channel)
+                self._unroute(channel)
         elif isinstance(command, Heartbeat):
             self._loop_check_heartbeat()
         result = None
@@ -1321,12 +1321,13 @@ class Dispatcher:
         self._routing_version += 1
         self._want(channel)
 
-    def _loop_unroute(self, channel: str) -> None:
+    def _unroute(self, channel: str) -> None:
+        """Stop routing ``channel``: no handler is called for it from now on (either side)."""
         self._routes.pop(channel, None)
         self._routing_version += 1
         self._unwant(channel)
         if self._executor is not None:
-            self._loop_drop_work(channel)
+            self._drop_work(channel)
         if self._pending:
             kept = collections.deque(n for n in self._pending if n.channel != channel)
             self._dropped += len(self._pending) - len(kept)
@@ -1424,7 +1425,7 @@ class Dispatcher:
                 except Exception as exc:
                     self._report_handler_error(handler, notification, exc)
 
-    def _loop_drop_work(self, channel: str) -> None:
+    def _drop_work(self, channel: str) -> None:
         """Forget what waits for the executor on ``channel`` (it was unlistened)."""
         with self._work_lock:
             queue = self._work.get(channel)

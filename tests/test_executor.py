@@ -159,3 +159,34 @@ def test_executor_option_is_checked(dsn: str) -> None:
         Dispatcher(dsn, executor=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Dispatcher(dsn, executor=None, max_pending=0)
+
+
+def test_work_handed_to_the_executor_survives_a_reconnect(
+    dsn: str, sender: Any, pool: ThreadPoolExecutor
+) -> None:
+    import pgpubsub_dispatch as pg
+
+    channel = unique()
+    entered, release, back = threading.Event(), threading.Event(), threading.Event()
+    got: list[str] = []
+
+    def gated(notification: Any) -> None:
+        entered.set()
+        release.wait(BOUND)
+        got.append(notification.payload)
+
+    bus = Dispatcher(dsn, executor=pool, backoff_min=0.05, backoff_max=0.2)
+    pg.reconnected.connect(lambda s, backend_pid: back.set(), sender=bus, weak=False)
+    with bus:
+        bus.subscribe(channel, gated)
+        bus.notify_many([(channel, str(i)) for i in range(10)])  # all handed over
+        assert entered.wait(BOUND)
+        with sender.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (bus.backend_pid,))
+        assert back.wait(BOUND)
+        release.set()
+        bus.notify(channel, "after")
+        deadline = time.monotonic() + BOUND
+        while len(got) < 11 and time.monotonic() < deadline:
+            release.wait(0.01)
+    assert got == [str(i) for i in range(10)] + ["after"]
