@@ -9,13 +9,54 @@ from __future__ import annotations
 
 from .errors import InvalidChannelName, PayloadTooLarge
 
-__all__ = ["MAX_CHANNEL_BYTES", "MAX_PAYLOAD_BYTES", "check_channel", "check_payload"]
+__all__ = [
+    "MAX_CHANNEL_BYTES",
+    "MAX_IDENTIFIER_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "check_channel",
+    "check_identifier",
+    "check_payload",
+]
 
-MAX_CHANNEL_BYTES = 63
-"""Longest channel name in UTF-8 bytes (PostgreSQL's NAMEDATALEN - 1)."""
+MAX_IDENTIFIER_BYTES = 63
+"""Longest identifier in UTF-8 bytes (PostgreSQL's NAMEDATALEN - 1)."""
+
+MAX_CHANNEL_BYTES = MAX_IDENTIFIER_BYTES
+"""Longest channel name in UTF-8 bytes: a channel is an identifier."""
 
 MAX_PAYLOAD_BYTES = 7999
 """Longest payload in UTF-8 bytes (the server requires fewer than 8000)."""
+
+
+def check_identifier(name: object, what: str, error: type[ValueError] = ValueError) -> str:
+    """Return ``name`` if the server takes it, quoted, as one exact identifier.
+
+    :param name: the candidate identifier (channel, table, schema name).
+    :param what: how to call it in messages (``"channel name"``).
+    :param error: the ``ValueError`` subclass to raise.
+    :returns: the same ``str``.
+    :raises error: if it is empty, contains NUL, is not encodable as UTF-8 (a lone
+        surrogate), or is longer than 63 bytes in UTF-8; also if it is not a ``str``, when
+        ``error`` is a subclass (``InvalidChannelName``).
+    :raises TypeError: if it is not a ``str`` and ``error`` is plain ``ValueError``.
+    """
+    if not isinstance(name, str):
+        message = f"{what} must be a str, not {type(name).__name__}: {name!r}"
+        raise (TypeError if error is ValueError else error)(message)
+    if not name:
+        raise error(f"{what} must not be empty")
+    if "\x00" in name:
+        raise error(f"{what} must not contain NUL: {name!r}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} is not valid UTF-8: {name!r}") from exc
+    if size > MAX_IDENTIFIER_BYTES:
+        raise error(
+            f"{what} is {size} bytes in UTF-8; PostgreSQL allows at most "
+            f"{MAX_IDENTIFIER_BYTES} and would truncate it: {name!r}"
+        )
+    return name
 
 
 def check_channel(channel: object) -> str:
@@ -26,24 +67,7 @@ def check_channel(channel: object) -> str:
     :raises InvalidChannelName: if it is not a ``str``, is empty, contains NUL, is not
         encodable as UTF-8 (a lone surrogate), or is longer than 63 bytes in UTF-8.
     """
-    if not isinstance(channel, str):
-        raise InvalidChannelName(
-            f"channel name must be a str, not {type(channel).__name__}: {channel!r}"
-        )
-    if not channel:
-        raise InvalidChannelName("channel name must not be empty")
-    if "\x00" in channel:
-        raise InvalidChannelName(f"channel name must not contain NUL: {channel!r}")
-    try:
-        size = len(channel.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidChannelName(f"channel name is not valid UTF-8: {channel!r}") from exc
-    if size > MAX_CHANNEL_BYTES:
-        raise InvalidChannelName(
-            f"channel name is {size} bytes in UTF-8; PostgreSQL allows at most "
-            f"{MAX_CHANNEL_BYTES} and would truncate it: {channel!r}"
-        )
-    return channel
+    return check_identifier(channel, "channel name", InvalidChannelName)
 
 
 def check_payload(payload: object) -> str:

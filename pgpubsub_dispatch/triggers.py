@@ -81,7 +81,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from ._names import check_channel
+from ._names import MAX_IDENTIFIER_BYTES, check_channel, check_identifier
 
 __all__ = [
     "NOTIFY_FUNC_NAME",
@@ -100,8 +100,6 @@ connection's ``search_path``."""
 TRIGGER_SUFFIX = "_notify_trig"
 """Appended to the table name to name its trigger (the ancestor's convention)."""
 
-_MAX_IDENTIFIER_BYTES = 63
-"""PostgreSQL's NAMEDATALEN - 1: longer identifiers are silently truncated by the server."""
 
 # The payload limit (fewer than 8000 bytes) is the server's, in the database encoding, which is
 # what octet_length() counts. search_path is pinned so that the body resolves only built-ins,
@@ -337,38 +335,18 @@ def trigger_name(tablename: str) -> str:
     :raises ValueError: if ``tablename`` is not a valid identifier (see
         :func:`create_table_notify_trigger`).
     """
-    _check_identifier(tablename, "table name")
-    room = _MAX_IDENTIFIER_BYTES - len(TRIGGER_SUFFIX.encode("utf-8"))
+    check_identifier(tablename, "table name")
+    room = MAX_IDENTIFIER_BYTES - len(TRIGGER_SUFFIX.encode("utf-8"))
     head = tablename.encode("utf-8")[:room].decode("utf-8", errors="ignore")
     return head + TRIGGER_SUFFIX
 
 
-def _check_identifier(name: object, what: str) -> str:
-    """Return ``name`` if the server would take it, quoted, exactly as given."""
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, not {type(name).__name__}: {name!r}")
-    if not name:
-        raise ValueError(f"{what} must not be empty")
-    if "\x00" in name:
-        raise ValueError(f"{what} must not contain NUL: {name!r}")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid UTF-8: {name!r}") from exc
-    if size > _MAX_IDENTIFIER_BYTES:
-        raise ValueError(
-            f"{what} is {size} bytes in UTF-8; PostgreSQL allows at most "
-            f"{_MAX_IDENTIFIER_BYTES} and would truncate it: {name!r}"
-        )
-    return name
-
-
 def _table_identifier(tablename: str, schema: str | None) -> sql.Identifier:
     """The quoted, optionally schema-qualified name of a table, after checking both parts."""
-    _check_identifier(tablename, "table name")
+    check_identifier(tablename, "table name")
     if schema is None:
         return sql.Identifier(tablename)
-    _check_identifier(schema, "schema name")
+    check_identifier(schema, "schema name")
     return sql.Identifier(schema, tablename)
 
 
