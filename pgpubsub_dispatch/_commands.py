@@ -112,7 +112,7 @@ class Unsubscribe(Command):
 
 
 class Heartbeat(Command):
-    """The dispatcher's own liveness probe: ``SELECT pg_listening_channels()``."""
+    """The dispatcher's own liveness probe: queue usage and ``pg_listening_channels()``."""
 
     __slots__ = ()
 

@@ -6,12 +6,19 @@ they only apply to TCP connections and are ignored for Unix sockets.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
-__all__ = ["LIVENESS_DEFAULTS", "attempt_timeout", "describe_target", "with_liveness"]
+__all__ = [
+    "LIVENESS_DEFAULTS",
+    "attempt_timeout",
+    "describe_target",
+    "host_alternatives",
+    "with_liveness",
+]
 
 LIVENESS_DEFAULTS: dict[str, str] = {
     "keepalives": "1",
@@ -47,12 +54,51 @@ def with_liveness(dsn: str | None, connect_kwargs: dict[str, Any]) -> dict[str, 
     given = set(_dsn_params(dsn)) | set(connect_kwargs)
     merged = dict(connect_kwargs)
     defaults = dict(LIVENESS_DEFAULTS)
+    # Channel names are checked and quoted as UTF-8; a session in another client encoding
+    # would mangle non-ASCII names in LISTEN (psycopg2 quotes identifiers in that encoding).
+    defaults["client_encoding"] = "UTF8"
     if psycopg2.extensions.libpq_version() >= 120000:
         defaults["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
     for key, value in defaults.items():
         if key not in given:
             merged[key] = value
     return merged
+
+
+def host_alternatives(
+    dsn: str | None, connect_kwargs: dict[str, Any]
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """Split a multi-host target into one ``(dsn, kwargs)`` per host, in libpq's order.
+
+    libpq enforces ``connect_timeout`` per host, but not for asynchronous connections, where
+    one host that never answers would hold the whole attempt. Trying hosts one by one, each
+    with its own deadline, keeps failover working when a server hangs rather than refuses.
+    ``load_balance_hosts=random`` shuffles them, as libpq would.
+
+    :param dsn: the user's DSN or URI, or ``None``.
+    :param connect_kwargs: the keyword parameters (they win over the DSN).
+    :returns: ``[(dsn, connect_kwargs)]`` unchanged for a single host (or a DSN that does not
+        parse: libpq will report it); else one entry per host, each all-keyword.
+    """
+    params = {**_dsn_params(dsn), **{key: str(value) for key, value in connect_kwargs.items()}}
+    hosts = params.get("host", "").split(",")
+    hostaddrs = params.get("hostaddr", "").split(",")
+    count = max(len(hosts), len(hostaddrs))
+    if count <= 1 or (dsn and not _dsn_params(dsn)):
+        return [(dsn, connect_kwargs)]
+    ports = params.get("port", "").split(",")
+    alternatives: list[tuple[str | None, dict[str, Any]]] = []
+    for index in range(count):
+        single = dict(params)
+        for key, values in (("host", hosts), ("hostaddr", hostaddrs), ("port", ports)):
+            if key in params:
+                single[key] = values[index] if len(values) > 1 else values[0]
+            if single.get(key) == "":
+                del single[key]
+        alternatives.append((None, single))
+    if params.get("load_balance_hosts") == "random":
+        random.shuffle(alternatives)
+    return alternatives
 
 
 def attempt_timeout(dsn: str | None, connect_kwargs: dict[str, Any]) -> float:

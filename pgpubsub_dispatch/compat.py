@@ -57,6 +57,7 @@ class PubSub:
         self.dispatcher = dispatcher
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._enqueue = self._events.put  # one handler object, to unsubscribe it exactly
+        self._closed = False
         self.conn = _BackendPidView(dispatcher)
         """Offers ``get_backend_pid()``, as the psycopg2 connection of the original did."""
 
@@ -73,6 +74,7 @@ class PubSub:
         :raises psycopg2.Error: if the server refuses the LISTEN.
         :raises DispatcherStopped: after :meth:`close`.
         """
+        self._check_open()
         self.dispatcher.subscribe(channel, self._enqueue)
 
     def unlisten(self, channel: str) -> None:
@@ -81,6 +83,7 @@ class PubSub:
         :raises InvalidChannelName: if the name is not acceptable.
         :raises DispatcherStopped: after :meth:`close`.
         """
+        self._check_open()
         self.dispatcher.unsubscribe(channel, self._enqueue)
 
     def notify(self, channel: str, payload: str = "") -> None:
@@ -93,6 +96,7 @@ class PubSub:
         :raises DispatcherStopped: after :meth:`close`.
         :raises psycopg2.Error: what the server raised.
         """
+        self._check_open()
         self.dispatcher.notify(channel, payload)
 
     def get_event(self) -> Any | None:
@@ -130,7 +134,12 @@ class PubSub:
 
     def close(self) -> None:
         """Stop the dispatcher and close the connection. Idempotent."""
+        self._closed = True
         self.dispatcher.stop()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DispatcherStopped("this PubSub is closed")
 
     def __enter__(self) -> PubSub:
         return self

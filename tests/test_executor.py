@@ -190,3 +190,15 @@ def test_work_handed_to_the_executor_survives_a_reconnect(
         while len(got) < 11 and time.monotonic() < deadline:
             release.wait(0.01)
     assert got == [str(i) for i in range(10)] + ["after"]
+
+
+def test_a_shut_down_executor_degrades_to_the_dispatcher_thread(dsn: str, sender: Any) -> None:
+    channel = unique()
+    got = Collector()
+    executor = ThreadPoolExecutor(max_workers=1)
+    with Dispatcher(dsn, executor=executor) as bus:
+        bus.subscribe(channel, got)
+        executor.shutdown()
+        send(sender, channel, "still handled")
+        assert got.wait(1)[0].payload == "still handled"
+        assert bus.running

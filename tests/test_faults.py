@@ -255,3 +255,30 @@ def test_two_hundred_start_listen_stop_cycles_under_traffic(dsn: str) -> None:
     print(f"\n200 cycles: slowest stop {slowest_stop * 1000:.1f} ms")
     assert send_errors == []
     assert slowest_stop < 2.0
+
+
+def test_failover_past_a_host_that_never_answers(stopped_after: Any) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent, PrivateServer() as server:
+        silent_port = silent.getsockname()[1]  # accepts connections, never says a word
+        dsn = (
+            f"host=127.0.0.1,127.0.0.1 port={silent_port},{server.port} dbname=postgres "
+            "user=postgres connect_timeout=2"
+        )
+        bus = Dispatcher(dsn, backoff_min=0.05, backoff_max=0.2)
+        stopped_after.append(bus)
+        channel = unique()
+        got = Collector()
+        bus.subscribe(channel, got)
+        started = time.monotonic()
+        bus.start()
+        took = time.monotonic() - started
+        print(f"\nfailover past a silent host: connected in {took:.2f} s (connect_timeout=2)")
+        assert 1.5 < took < 4
+        sender = connect(server.dsn)
+        try:
+            send(sender, channel, "via the second host")
+            assert got.wait(1)[0].payload == "via the second host"
+        finally:
+            sender.close()
