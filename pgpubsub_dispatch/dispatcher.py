@@ -273,6 +273,7 @@ class Dispatcher:
         self._routing_version = 0  # bumped by every change of routes or handlers
         self._stop_requested = False
         self._lost: _ConnectionLost | None = None  # noticed inside a handler's in-place call
+        self._halt = False  # stop requested, or connection lost: stop dispatching
 
         # Counters, written by the dispatcher thread only (see stats()).
         self._received = self._dispatched = self._dropped = 0
@@ -363,7 +364,7 @@ class Dispatcher:
             if self._state is not _State.IDLE:
                 raise RuntimeError(f"the dispatcher is {self._state.value}; stop() it first")
             self._state = _State.STARTING
-            self._stop_requested = False
+            self._stop_requested = self._halt = False
             self._queue = collections.deque()
             self._waker = Waker()
             started: Future[None] = Future()
@@ -636,7 +637,7 @@ class Dispatcher:
                 return None
             if self._state is not _State.STOPPING:
                 self._state = _State.STOPPING
-                self._stop_requested = True
+                self._stop_requested = self._halt = True
                 if self._waker is not None:
                     self._waker.wake_now()
             return thread
@@ -1036,7 +1037,7 @@ class Dispatcher:
         self._state = _State.IDLE
         self._loop_ident = None
         self._backend_pid = None
-        self._stop_requested = False
+        self._stop_requested = self._halt = False
         if self._waker is not None:
             self._waker.close()
             self._waker = None
@@ -1058,6 +1059,7 @@ class Dispatcher:
         while True:
             if self._lost is not None:  # noticed by a handler's in-place call
                 lost, self._lost = self._lost, None
+                self._halt = self._stop_requested
                 raise lost
             if self._stop_requested:
                 if self._inflight is None:
@@ -1185,6 +1187,7 @@ class Dispatcher:
             self._loop_wait_in_place(command, deadline)
         except _ConnectionLost as lost:
             self._lost = lost  # the loop reconnects once the handler returns
+            self._halt = True
             if isinstance(command, Notify):
                 raise NotConnected(f"the connection was lost: {lost.reason}") from lost.reason
             self._loop_settle_interrupted(command, lost.reason)
@@ -1404,48 +1407,71 @@ class Dispatcher:
         """Call the handlers of every pending notification, in arrival order.
 
         The hot path. A run of notifications on one channel reuses one snapshot of its
-        handlers until anything changes the routing (``_routing_version``): a handler that
-        unlistens or unsubscribes in place takes effect from the next handler call on.
-        Handlers connected straight to a channel's signal from another thread are seen from
-        the next batch on. Never re-entered: a handler's in-place call may receive
-        notifications, which wait in ``_pending`` for this loop to reach them.
+        handlers. Only a handler can change the routing while this runs (by an in-place
+        call, which bumps ``_routing_version``), so the version is checked after each handler
+        call, not per notification: an unlisten or unsubscribe made in place takes effect from
+        the next handler call on. Handlers connected straight to a channel's signal from
+        another thread are seen from the next batch on. Never re-entered: a handler's in-place
+        call may receive notifications, which wait in ``_pending`` for this loop to reach them.
         """
         if self._dispatching:
+            return
+        if self._executor is not None:
+            self._loop_dispatch_to_executor()
             return
         self._dispatching = True
         dispatched = dropped = 0
         try:
             pending = self._pending
+            popleft = pending.popleft
             cached_channel: str | None = None
             handlers: tuple[Handler, ...] = ()
-            seen_version = -1
-            while pending and not self._stop_requested and self._lost is None:
-                notification = pending.popleft()
+            version = self._routing_version
+            while pending and not self._halt:
+                notification = popleft()
                 channel = notification.channel
-                if channel != cached_channel or self._routing_version != seen_version:
-                    seen_version = self._routing_version
+                if channel != cached_channel:
                     cached_channel = channel
                     handlers = self._handlers_for(channel)
-                if not handlers:
+                    if not handlers:
+                        dropped += 1
+                        continue
+                elif not handlers:
                     dropped += 1
                     continue
-                if self._executor is not None:
-                    if not self._loop_hand_off(notification):
-                        pending.appendleft(notification)  # backpressure: resume when drained
-                        break
-                    dispatched += 1
-                    continue
                 dispatched += 1
-                for position, handler in enumerate(handlers):
+                for handler in handlers:
                     try:
                         handler(notification)
                     except Exception as exc:
                         self._report_handler_error(handler, notification, exc)
-                    if self._routing_version != seen_version:
-                        self._loop_call_still_connected(notification, handlers[position + 1 :])
+                    if self._routing_version != version:
+                        version = self._routing_version
+                        self._loop_call_still_connected(notification, handlers, handler)
                         cached_channel = None
+                        pending = self._pending  # _unroute may have replaced it
+                        popleft = pending.popleft
                         break
-                pending = self._pending  # _loop_unroute may have replaced it
+        finally:
+            self._dispatching = False
+            self._dispatched += dispatched
+            self._dropped += dropped
+
+    def _loop_dispatch_to_executor(self) -> None:
+        """Hand every pending notification to its channel's executor task, in order."""
+        self._dispatching = True
+        dispatched = dropped = 0
+        try:
+            pending = self._pending
+            while pending and not self._halt:
+                notification = pending.popleft()
+                if not self._handlers_for(notification.channel):
+                    dropped += 1
+                elif self._loop_hand_off(notification):
+                    dispatched += 1
+                else:
+                    pending.appendleft(notification)  # backpressure: resume when drained
+                    break
         finally:
             self._dispatching = False
             self._dispatched += dispatched
@@ -1507,9 +1533,12 @@ class Dispatcher:
                 self._dropped += len(queue)
                 queue.clear()
 
-    def _loop_call_still_connected(self, notification: Any, rest: tuple[Handler, ...]) -> None:
-        """After a handler changed the routing: call those of ``rest`` still connected."""
-        for handler in rest:
+    def _loop_call_still_connected(
+        self, notification: Any, handlers: tuple[Handler, ...], last: Handler
+    ) -> None:
+        """After ``last`` changed the routing: call the rest of ``handlers`` still connected."""
+        position = next(i for i, handler in enumerate(handlers) if handler is last)
+        for handler in handlers[position + 1 :]:
             if handler not in self._handlers_for(notification.channel):
                 continue  # unsubscribed, or the channel was unlistened, in place
             try:
