@@ -1,0 +1,302 @@
+"""Memory growth and idle CPU, each measured in a fresh child process of its own.
+
+A fresh process (``spawn``) has no peak left over from the other workloads, no stray threads
+and nothing else on its CPU clock.
+
+*memory*: the child LISTENs (our ``Dispatcher`` with a no-op handler; the ``Dispatcher`` with
+the channel LISTENed and no handler; the bare psycopg2 loop, for reference) and receives
+``memory_warmup`` notifications, then takes its RSS as the baseline and resets its peak
+(``/proc/self/clear_refs``; elsewhere the peak is ``ru_maxrss``, since the process started);
+then it receives ``memory_count`` notifications. Growth = peak RSS - baseline. The end of each
+phase is a marker notification on a second channel, committed after the senders finished, so
+everything before it has been received when its handler runs.
+
+*idle*: the child starts a ``Dispatcher`` (default heartbeat, one subscribed channel that
+nobody notifies), lets it settle, then reads the process's CPU clock (and the dispatcher
+thread's, where ``pthread_getcpuclockid`` exists) across ``idle_seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import resource
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psycopg2
+
+from .senders import SideConnection
+from .workloads import Context, Figures
+
+__all__ = ["MEMORY_LABELS", "idle", "memory"]
+
+MEMORY_LABELS = {
+    "dispatcher": "Dispatcher, no-op handler",
+    "dispatcher-unhandled": "Dispatcher, no handler",
+    "psycopg2": "psycopg2 loop",
+}
+"""Memory configurations by key."""
+
+_CHILD_START_SECONDS = 60.0
+_SETTLE_SECONDS = 0.5
+
+
+def _child(target: Any, *args: Any) -> tuple[Any, Connection]:
+    context = multiprocessing.get_context("spawn")
+    mine, theirs = context.Pipe()
+    process = context.Process(target=target, args=(*args, theirs), daemon=True)
+    process.start()
+    theirs.close()
+    return process, mine
+
+
+def _expect(pipe: Connection, kind: str, timeout: float) -> tuple[Any, ...]:
+    if not pipe.poll(timeout):
+        raise TimeoutError(f"the child process sent no {kind!r} within {timeout:.0f} s")
+    message = pipe.recv()
+    if message[0] != kind:
+        raise RuntimeError(f"the child process failed: {message[1:]}")
+    return tuple(message[1:])
+
+
+def _end(process: Any, pipe: Connection) -> None:
+    with contextlib.suppress(OSError):
+        pipe.send(("stop",))
+    process.join(15)
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    pipe.close()
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def _memory_once(ctx: Context, kind: str) -> Figures:
+    s = ctx.settings
+    channel, marker = ctx.channel("memory"), ctx.channel("marker")
+    process, pipe = _child(_memory_child, ctx.dsn, kind, channel, marker)
+    side = SideConnection(ctx.dsn)
+    try:
+        _expect(pipe, "ready", _CHILD_START_SECONDS)
+        ctx.pool.batched(channel, s.memory_warmup).wait(s.wait_seconds)
+        side.notify(marker, "warmup")
+        (baseline_kb,) = _expect(pipe, "baseline", s.wait_seconds)
+        started = time.monotonic()
+        sent = ctx.pool.batched(channel, s.memory_count).wait(s.wait_seconds + s.memory_count / 1e4)
+        side.notify(marker, "measure")
+        peak_kb, final_kb, peak_since = _expect(pipe, "peak", s.wait_seconds + s.memory_count / 1e4)
+        elapsed = time.monotonic() - started
+    finally:
+        side.close()
+        _end(process, pipe)
+    return {
+        "growth_mb": (peak_kb - baseline_kb) / 1024,
+        "baseline_mb": baseline_kb / 1024,
+        "peak_mb": peak_kb / 1024,
+        "final_mb": final_kb / 1024,
+        "peak_since": peak_since,
+        "notifications": s.memory_count,
+        "receive_rate": s.memory_count / elapsed,
+        "sender_rate": sent.rate,
+    }
+
+
+def memory(ctx: Context) -> dict[str, Figures]:
+    """Peak RSS growth over ``memory_count`` notifications, per configuration."""
+    return {
+        kind: ctx.measure(
+            "memory",
+            kind,
+            label,
+            lambda kind=kind: _memory_once(ctx, kind),  # type: ignore[misc]
+            "{growth_mb:>+10.2f} MB peak growth (baseline {baseline_mb:.1f} MB)",
+        )
+        for kind, label in MEMORY_LABELS.items()
+    }
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _rss_kb() -> int:
+    found = _status_kb("VmRSS")
+    if found is not None:
+        return found
+    psutil: Any = importlib.import_module("psutil")  # untyped; only where /proc is not
+    return int(psutil.Process().memory_info().rss // 1024)
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux); ``False`` where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kb(reset: bool) -> int:
+    found = _status_kb("VmHWM") if reset else None
+    if found is not None:
+        return found
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def _memory_child(dsn: str, kind: str, channel: str, marker: str, pipe: Connection) -> None:
+    """In the child: receive, reporting the RSS baseline and then the peak."""
+    phases = {"warmup": threading.Event(), "measure": threading.Event()}
+
+    def on_marker(notification: Any) -> None:
+        phases[notification.payload].set()
+
+    def noop(_notification: Any) -> None:
+        pass
+
+    try:
+        stop = threading.Event()
+        if kind == "psycopg2":
+            conn = psycopg2.connect(dsn)
+            conn.autocommit = True
+            conn.cursor().execute(f'LISTEN "{channel}"; LISTEN "{marker}"')
+            loop = threading.Thread(
+                target=_plain_loop, args=(conn, marker, noop, on_marker, stop), daemon=True
+            )
+            loop.start()
+
+            def close() -> None:
+                stop.set()
+                loop.join(10)
+                conn.close()
+
+        else:
+            from pgpubsub_dispatch import Dispatcher
+
+            bus = Dispatcher(dsn)
+            if kind == "dispatcher":
+                bus.subscribe(channel, noop)
+            else:
+                bus.listen(channel)
+            bus.subscribe(marker, on_marker)
+            bus.start()
+            close = bus.stop
+        pipe.send(("ready",))
+        if not phases["warmup"].wait(120):
+            raise TimeoutError("no warm-up marker")
+        baseline = _rss_kb()
+        reset = _reset_peak()
+        pipe.send(("baseline", baseline))
+        if not phases["measure"].wait(600):
+            raise TimeoutError("no end marker")
+        pipe.send(("peak", _peak_kb(reset), _rss_kb(), "baseline" if reset else "process start"))
+        close()
+    except Exception as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    pipe.poll(30)
+
+
+def _plain_loop(conn: Any, marker: str, handler: Any, on_marker: Any, stop: Any) -> None:
+    import select
+
+    while not stop.is_set():
+        if select.select([conn], [], [], 0.2)[0]:
+            conn.poll()
+            for notification in conn.notifies:
+                if notification.channel == marker:
+                    on_marker(notification)
+                else:
+                    handler(notification)
+            conn.notifies.clear()
+
+
+# ------------------------------------------------------------------------------------- idle
+
+
+def idle(ctx: Context) -> dict[str, Figures]:
+    """CPU used by a started, idle ``Dispatcher`` over ``idle_seconds``, % of one core."""
+
+    def body() -> Figures:
+        seconds = ctx.settings.idle_seconds
+        process, pipe = _child(_idle_child, ctx.dsn, ctx.channel("idle"), seconds)
+        try:
+            (figures,) = _expect(pipe, "idle", _CHILD_START_SECONDS + seconds)
+        finally:
+            _end(process, pipe)
+        return dict(figures)
+
+    return {
+        "dispatcher": ctx.measure(
+            "idle",
+            "dispatcher",
+            "Dispatcher",
+            body,
+            "{cpu_percent:>10.3f} % of one core (dispatcher thread {thread_cpu_percent:.3f} %)",
+        )
+    }
+
+
+def _idle_child(dsn: str, channel: str, seconds: float, pipe: Connection) -> None:
+    """In the child: start a dispatcher, sleep, report the CPU it used."""
+    try:
+        from pgpubsub_dispatch import Dispatcher
+
+        bus = Dispatcher(dsn)
+        bus.subscribe(channel, lambda _n: None)
+        bus.start()
+        time.sleep(_SETTLE_SECONDS)
+        clock = _dispatcher_thread_clock()
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        thread0 = time.clock_gettime(clock) if clock is not None else None
+        time.sleep(seconds)
+        wall = time.monotonic() - wall0
+        cpu = time.process_time() - cpu0
+        thread_cpu = (
+            time.clock_gettime(clock) - thread0
+            if clock is not None and thread0 is not None
+            else None
+        )
+        bus.stop()
+        pipe.send(
+            (
+                "idle",
+                {
+                    "cpu_percent": 100.0 * cpu / wall,
+                    "thread_cpu_percent": (
+                        None if thread_cpu is None else 100.0 * thread_cpu / wall
+                    ),
+                    "cpu_seconds": cpu,
+                    "wall_seconds": wall,
+                },
+            )
+        )
+    except Exception as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    pipe.poll(30)
+
+
+def _dispatcher_thread_clock() -> int | None:
+    """The CPU clock of the dispatcher thread, found by its name, or ``None``."""
+    if not hasattr(time, "pthread_getcpuclockid"):
+        return None
+    for thread in threading.enumerate():
+        if thread.name.startswith("pgpubsub-dispatch") and thread.ident is not None:
+            try:
+                return time.pthread_getcpuclockid(thread.ident)
+            except OSError:
+                return None
+    return None
