@@ -1,26 +1,46 @@
-"""The ``pgpubsub-dispatch`` command line: print notifications as JSON lines, or send one.
+r"""The ``pgpubsub-dispatch`` command line: print notifications, or send them.
 
 Also runnable as ``python -m pgpubsub_dispatch``::
 
-    pgpubsub-dispatch listen CHANNEL... [--dsn DSN] [--count N] [--timeout S]
-    pgpubsub-dispatch notify CHANNEL [PAYLOAD] [--dsn DSN]
+    pgpubsub-dispatch listen CHANNEL... [--dsn DSN] [--count N] [--timeout S] [--json|--pretty]
+    pgpubsub-dispatch notify CHANNEL [PAYLOAD | -] [--dsn DSN]
 
-``listen`` writes one JSON object per notification to standard output, one per line, flushed at
-once (UTF-8, non-ASCII characters written as they are, so every channel name round-trips
-exactly)::
+``listen`` writes one line per notification to standard output, flushed at once, in one of two
+forms. When standard output is a terminal it writes a line for people (``--pretty`` forces it)::
 
-    {"channel": "orders", "payload": "42", "pid": 4242,
+    12:00:01 orders [pid 4242] {"id": 1}
+
+the local time of receipt, the channel, the sender's pid and the payload. A payload that parses
+as JSON is shown re-encoded on one line; any other payload is shown as it is, unless it is
+empty, has surrounding blanks or holds control characters (a newline, an escape sequence), in
+which case it is shown as a quoted JSON string with those characters escaped. Channel names
+with blanks or control characters are quoted likewise. Nothing in a notification can move the
+cursor or recolour the terminal.
+
+Otherwise (piped, or with ``--json``) it writes one JSON object per line (UTF-8, non-ASCII
+characters written as they are, so every channel name round-trips exactly)::
+
+    {"channel": "orders", "payload": "{\"id\": 1}", "json": {"id": 1}, "pid": 4242,
      "received_at": "2024-05-01T12:00:00.000001+00:00"}
 
-(shown on two lines here; always one line in the output).
+(shown on two lines here; always one line in the output). ``payload`` is always the raw text
+(a ``str``). ``json`` is present only when that text is valid JSON (RFC 8259: no ``NaN`` or
+``Infinity``), and holds the parsed value, which may be any JSON type, ``null`` included: test
+for the key, not for its value. ``pid`` is the sending backend's process id; ``received_at`` is
+the ISO 8601 UTC time at which the notification reached this process.
 
-``pid`` is the sending backend's process id; ``received_at`` is the ISO 8601 UTC time at which
-the notification reached this process. Once every channel is LISTENed, ``listen`` writes the
-line ``listening on "orders", "My Chan"`` (each name as a JSON string) to standard error: a
-notification committed after that line appears is printed.
+Once every channel is LISTENed, ``listen`` writes the line ``listening on "orders", "My Chan"``
+(each name as a JSON string) to standard error: a notification committed after that line
+appears is printed.
 
-``notify`` sends one notification. ``PAYLOAD`` defaults to ``""``; ``-`` reads the whole of
-standard input as UTF-8 and strips one trailing newline (to send a literal ``-``, pipe it in).
+``notify CHANNEL PAYLOAD`` sends one notification; ``PAYLOAD`` defaults to ``""``.
+``notify CHANNEL -`` sends one notification per line of standard input (UTF-8), the line without
+its ``\n`` or ``\r\n``: an empty line is an empty payload, and empty input sends nothing.
+Lines are sent as they are read (so ``tail -f log | pgpubsub-dispatch notify logs -`` works),
+each batch read at once in as few transactions as the server allows, and identical lines are
+all delivered. A line that is not valid UTF-8, holds NUL or is 8000 bytes or more stops the
+command with exit 2 and its line number; the lines before it have been sent, none after it. To
+send a literal ``-``, pipe it in.
 
 Channel names are exact and case-sensitive (they are always quoted), at most 63 bytes in UTF-8.
 A name starting with ``-`` goes after ``--``: ``pgpubsub-dispatch listen -- -odd``.
@@ -32,7 +52,7 @@ are scrubbed of the DSN's password.
 
 Exit codes:
 
-- 0 (:data:`EXIT_OK`): ``notify`` sent its notification; ``listen`` received ``--count``
+- 0 (:data:`EXIT_OK`): ``notify`` sent its notifications; ``listen`` received ``--count``
   notifications, or ran for ``--timeout`` seconds without ``--count``, or was stopped by SIGINT
   or SIGTERM, or its standard output was closed by the reader (a broken pipe).
 - 1 (:data:`EXIT_INCOMPLETE`): ``listen --count N --timeout S`` received fewer than ``N``
@@ -42,7 +62,7 @@ Exit codes:
   connection lost while listening: one line ``pgpubsub-dispatch: error: ...`` on standard error
   (argparse's usage errors add a usage line before it). Never a traceback.
 - 130 or 143 (128 + the signal number): ``notify`` interrupted by SIGINT or SIGTERM before it
-  could confirm the notification was sent.
+  could confirm that every notification was sent.
 """
 
 from __future__ import annotations
@@ -61,17 +81,18 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from types import FrameType
-from typing import Any, NamedTuple, TextIO, Union
+from typing import Any, BinaryIO, NamedTuple, TextIO, Union
 
 import psycopg2
 import psycopg2.extensions
 
 from . import signals
-from ._names import check_channel, check_payload
+from ._names import MAX_PAYLOAD_BYTES, check_channel, check_payload
 from .dispatcher import Dispatcher
 from .errors import PubSubError
 from .notification import Notification
@@ -83,7 +104,9 @@ __all__ = [
     "EXIT_OK",
     "PROG",
     "build_parser",
+    "json_line",
     "main",
+    "pretty_line",
     "redact",
     "resolve_dsn",
 ]
@@ -105,6 +128,7 @@ EXIT_ERROR = 2
 
 _STOP_TIMEOUT = 5.0  # seconds to let the dispatcher UNLISTEN and close before exiting anyway
 _POLL_INTERVAL = 0.5  # seconds between checks that the dispatcher is still running
+_STDIN_CHUNK = 65536  # bytes read from standard input at most at once (one batch of lines)
 
 
 class CommandError(Exception):
@@ -117,7 +141,7 @@ class _Received(NamedTuple):
     channel: str
     payload: str
     pid: int
-    received_at: str
+    received_at: datetime  # aware, UTC
 
 
 class _ConnectionLost(NamedTuple):
@@ -170,7 +194,14 @@ def _run(args: argparse.Namespace, dsn: str, source: str) -> int:
     try:
         _check_dsn(dsn, source)
         if args.command == "listen":
-            return _listen(dsn, source, args.channels, count=args.count, timeout=args.timeout)
+            return _listen(
+                dsn,
+                source,
+                args.channels,
+                count=args.count,
+                timeout=args.timeout,
+                output=args.output or _default_output(),
+            )
         return _notify(dsn, source, args.channel, args.payload)
     except KeyboardInterrupt as exc:
         return _interrupted_exit(args.command, exc)
@@ -197,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     :returns: a parser whose namespace has ``command`` (``"listen"`` or ``"notify"``), ``dsn``
         (``str`` or ``None``), ``verbose`` (``int``), and either ``channels``, ``count``,
-        ``timeout`` (listen) or ``channel``, ``payload`` (notify).
+        ``timeout``, ``output`` (listen; ``output`` is ``"json"``, ``"pretty"``, or ``None``
+        to choose by whether standard output is a terminal) or ``channel``, ``payload``
+        (notify).
     """
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -231,13 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     listen = commands.add_parser(
         "listen",
         parents=[common],
-        help="print notifications as JSON lines",
+        help="print notifications: readable lines on a terminal, JSON lines when piped",
         description=(
-            'Print one JSON object per notification on stdout: {"channel", "payload", "pid", '
-            '"received_at" (ISO 8601, UTC)}, one per line, until SIGINT/SIGTERM, --count or '
-            "--timeout. The line 'listening on ...' on stderr means every channel is listened "
-            "to. Channel names are exact and case-sensitive; put one starting with '-' after "
-            "'--'."
+            "Print one line per notification on stdout until SIGINT/SIGTERM, --count or "
+            "--timeout. On a terminal (or with --pretty): 'HH:MM:SS CHANNEL [pid N] PAYLOAD'. "
+            'Piped (or with --json): a JSON object {"channel", "payload" (the raw text), '
+            '"json" (only when the payload parses as JSON: the parsed value), "pid", '
+            "\"received_at\" (ISO 8601, UTC)}. The line 'listening on ...' on stderr means "
+            "every channel is listened to. Channel names are exact and case-sensitive; put one "
+            "starting with '-' after '--'."
         ),
         epilog=(
             "exit codes: 0 stopped by a signal, by --count, or by --timeout without --count; "
@@ -257,12 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
             "connect_timeout instead): exit 0, or 1 if --count was given and not reached"
         ),
     )
+    output = listen.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        dest="output",
+        action="store_const",
+        const="json",
+        help="JSON lines, even on a terminal (the default when stdout is not a terminal)",
+    )
+    output.add_argument(
+        "--pretty",
+        dest="output",
+        action="store_const",
+        const="pretty",
+        help="readable lines, even when piped (the default when stdout is a terminal)",
+    )
 
     notify = commands.add_parser(
         "notify",
         parents=[common],
-        help="send one notification",
-        description="Send one notification; exit 0 once it has committed.",
+        help="send a notification, or one per line of standard input",
+        description=(
+            "Send one notification, or with PAYLOAD '-' one per line of standard input, as the "
+            "lines are read; exit 0 once all have committed."
+        ),
     )
     notify.add_argument("channel", metavar="CHANNEL", help="channel to notify (exact name)")
     notify.add_argument(
@@ -270,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="",
         metavar="PAYLOAD",
-        help="payload text (default: empty); '-' reads standard input, minus one final newline",
+        help=(
+            "payload text (default: empty); '-' sends each line of standard input (UTF-8, "
+            "without its line ending) as a notification of its own"
+        ),
     )
     return parser
 
@@ -314,16 +370,23 @@ def redact(message: str, dsn: str) -> str:
 
 
 def _listen(
-    dsn: str, source: str, channels: Sequence[str], *, count: int | None, timeout: float | None
+    dsn: str,
+    source: str,
+    channels: Sequence[str],
+    *,
+    count: int | None,
+    timeout: float | None,
+    output: str,
 ) -> int:
-    """Print notifications of ``channels`` as JSON lines; see the module docstring for exits."""
+    """Print notifications of ``channels`` in ``output`` form; see the module docstring."""
     wanted = list(dict.fromkeys(_checked_channel(channel) for channel in channels))
     _ensure_utf8(sys.stdout)
     events: queue.Queue[_Event] = queue.Queue()
 
     def enqueue(notification: Notification) -> None:  # runs on the dispatcher thread
+        received_at = datetime.now(timezone.utc)
         events.put(
-            _Received(notification.channel, notification.payload, notification.pid, _utc_now())
+            _Received(notification.channel, notification.payload, notification.pid, received_at)
         )
 
     def on_disconnected(sender: object, error: BaseException | None = None) -> None:
@@ -345,7 +408,13 @@ def _listen(
                 listening = f"listening on {', '.join(_quoted(channel) for channel in wanted)}"
                 _say(listening)
                 return _print_events(
-                    events, bus, dsn, count=count, timeout=timeout, listening=listening
+                    events,
+                    bus,
+                    dsn,
+                    count=count,
+                    timeout=timeout,
+                    listening=listening,
+                    format_line=pretty_line if output == "pretty" else json_line,
                 )
             finally:
                 _stop_quietly(bus)
@@ -362,8 +431,11 @@ def _print_events(
     count: int | None,
     timeout: float | None,
     listening: str,
+    format_line: Callable[[Notification, datetime], str],
 ) -> int:
-    """Print events until ``count`` or ``timeout``; return the exit code.
+    """Print events, each as ``format_line`` makes it, until ``count`` or ``timeout``.
+
+    :returns: the exit code.
 
     After a reconnection, ``listening`` is written to stderr again, with a note that
     notifications sent while disconnected may have been missed.
@@ -395,15 +467,114 @@ def _print_events(
         if isinstance(event, _Reconnected):
             _say(f"{listening} again (reconnected; notifications sent meanwhile may be missing)")
             continue
-        if not _print_json(event):
+        if not _print_line(format_line(event, event.received_at)):
             return EXIT_OK  # the reader closed our standard output: nobody is listening
         printed += 1
     return EXIT_OK
 
 
-def _print_json(event: _Received) -> bool:
-    """Write ``event`` as one flushed JSON line; ``False`` when standard output is closed."""
-    line = json.dumps(event._asdict(), ensure_ascii=False)
+def json_line(notification: Notification, received_at: datetime) -> str:
+    """Format a notification as ``listen --json`` prints it: one JSON object, on one line.
+
+    :param notification: what was received (``channel``, ``payload``, ``pid``).
+    :param received_at: when it was received (an aware ``datetime``; printed in UTC).
+    :returns: ``{"channel", "payload", ["json",] "pid", "received_at"}`` without a newline,
+        UTF-8 characters unescaped. ``payload`` is the raw text; ``json`` is there only when the
+        payload is valid JSON, holding the parsed value (possibly ``null``).
+    """
+    record: dict[str, Any] = {"channel": notification.channel, "payload": notification.payload}
+    parsed = _parse_json(notification.payload)
+    if parsed is not _NOT_JSON:
+        record["json"] = parsed
+    record["pid"] = notification.pid
+    record["received_at"] = received_at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except (ValueError, RecursionError):  # 1e999 parsed as inf, or nesting too deep to write
+        record.pop("json", None)
+        return json.dumps(record, ensure_ascii=False)
+
+
+def pretty_line(notification: Notification, received_at: datetime) -> str:
+    """Format a notification as ``listen --pretty`` prints it, for people, on one line.
+
+    :param notification: what was received (``channel``, ``payload``, ``pid``).
+    :param received_at: when it was received (an aware ``datetime``; shown in local time).
+    :returns: ``HH:MM:SS CHANNEL [pid N] PAYLOAD`` without a newline. A JSON payload is shown
+        re-encoded on one line; other text as it is, or quoted and escaped as a JSON string
+        when it is empty, has surrounding blanks or holds characters a terminal would act on
+        (control characters, line separators, bidirectional overrides). The channel is
+        quoted likewise when it holds blanks. The result never holds a control character.
+    """
+    parsed = _parse_json(notification.payload)
+    payload = _shown_text(notification.payload)
+    if parsed is not _NOT_JSON:
+        with contextlib.suppress(ValueError, RecursionError):
+            payload = _escape_unsafe(json.dumps(parsed, ensure_ascii=False, allow_nan=False))
+    channel = notification.channel
+    if not channel or any(char.isspace() or _unsafe(char) for char in channel):
+        channel = _quoted_for_terminal(channel)
+    clock = received_at.astimezone().strftime("%H:%M:%S")
+    return f"{clock} {channel} [pid {notification.pid}] {payload}"
+
+
+_NOT_JSON = object()
+
+
+def _parse_json(text: str) -> Any:
+    """The value of ``text`` as strict JSON (no ``NaN``/``Infinity``), else ``_NOT_JSON``."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# What a terminal may act on instead of showing: C0 and C1 controls and DEL (Cc), line and
+# paragraph separators, and the bidirectional controls that can make text read backwards.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES or char in _BIDI_CONTROLS
+
+
+def _escape_unsafe(text: str) -> str:
+    """``text`` with every unsafe character written as a JSON escape (``\\n``, ``\\u009b``)."""
+    return "".join(
+        _SHORT_ESCAPES.get(char, f"\\u{ord(char):04x}") if _unsafe(char) else char for char in text
+    )
+
+
+def _quoted_for_terminal(text: str) -> str:
+    """``text`` as a JSON string literal, safe to show on a terminal."""
+    return _escape_unsafe(json.dumps(text, ensure_ascii=False))
+
+
+def _shown_text(text: str) -> str:
+    """A non-JSON payload as shown: as it is when plain, else quoted (see :func:`pretty_line`)."""
+    if text and text.strip() == text and not any(_unsafe(char) for char in text):
+        return text
+    return _quoted_for_terminal(text)
+
+
+def _default_output() -> str:
+    """``"pretty"`` when standard output is a terminal, else ``"json"``."""
+    try:
+        return "pretty" if sys.stdout is not None and sys.stdout.isatty() else "json"
+    except (ValueError, OSError):  # closed or detached
+        return "json"
+
+
+def _print_line(line: str) -> bool:
+    """Write one line to stdout, flushed at once; ``False`` when standard output is closed."""
     try:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -489,36 +660,93 @@ def _stop_on_signal(bus: Dispatcher) -> Iterator[None]:
 
 
 def _notify(dsn: str, source: str, channel: str, payload: str) -> int:
-    """Send one notification; ``payload`` ``-`` means standard input. Returns :data:`EXIT_OK`."""
+    """Send ``payload``, or with ``-`` each line of standard input; return :data:`EXIT_OK`."""
     channel = _checked_channel(channel)
-    text = _read_stdin() if payload == "-" else payload
-    try:
-        check_payload(text)
-    except (ValueError, TypeError) as exc:
-        raise CommandError(f"invalid payload: {exc}") from exc
+    if payload == "-":
+        read = _stdin_reader()
+    else:
+        _checked_payload(payload, "invalid payload")
     bus = Dispatcher(dsn)
     with _stop_on_signal(bus):
         try:
             _start(bus, dsn, source)
-            bus.notify(channel, text)
+            if payload == "-":
+                _notify_lines(bus, channel, read)
+            else:
+                bus.notify(channel, payload)
         finally:
             _stop_quietly(bus)
     return EXIT_OK
 
 
-def _read_stdin() -> str:
-    """The whole of standard input as UTF-8, minus one trailing newline (``\\n`` or ``\\r\\n``)."""
-    if sys.stdin is None:
+def _stdin_reader() -> Callable[[], bytes]:
+    """A function returning the next bytes standard input has (at least one; ``b""`` at its end).
+
+    It returns what is available without waiting for more, so lines typed or produced slowly
+    are sent as they come, and a file is read in large chunks.
+    """
+    stdin = sys.stdin
+    if stdin is None:
         raise CommandError("payload '-' needs a standard input, and there is none")
-    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    buffer: BinaryIO | None = getattr(stdin, "buffer", None)
+    if buffer is None:  # a text stream standing in for stdin (main() called in-process)
+        data = [stdin.read().encode("utf-8", "surrogateescape")]
+        return lambda: data.pop() if data else b""
+    read = getattr(buffer, "read1", buffer.read)
+    return lambda: bytes(read(_STDIN_CHUNK))
+
+
+def _notify_lines(bus: Dispatcher, channel: str, read: Callable[[], bytes]) -> None:
+    """Send each line that ``read`` gives as a notification: what one read gives, at once.
+
+    :raises CommandError: at the first line that is not a valid payload, once the lines
+        before it have been sent.
+    """
+    pending = b""  # the start of a line whose end has not been read yet
+    number = 0  # of the last line taken
+    while True:
+        chunk = read()
+        *lines, pending = (pending + chunk).split(b"\n")
+        if not chunk and pending:  # the last line has no newline: it is a line all the same
+            lines, pending = [*lines, pending], b""
+        batch: list[tuple[str, str]] = []
+        error: CommandError | None = None
+        for line in lines:
+            number += 1
+            try:
+                batch.append((channel, _line_payload(line, number)))
+            except CommandError as exc:
+                error = exc
+                break
+        if error is None and len(pending) > MAX_PAYLOAD_BYTES + len(b"\r"):
+            error = CommandError(
+                f"invalid payload at line {number + 1} of standard input: it is over "
+                f"{MAX_PAYLOAD_BYTES} bytes; PostgreSQL requires fewer than {MAX_PAYLOAD_BYTES + 1}"
+            )
+        if batch:
+            bus.notify_many(batch)
+        if error is not None:
+            raise error
+        if not chunk:
+            return
+
+
+def _line_payload(line: bytes, number: int) -> str:
+    """Line ``number`` of standard input (without its newline) as a payload, ``\\r`` removed."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CommandError(f"standard input is not valid UTF-8: {exc}") from exc
-    for newline in ("\r\n", "\n"):
-        if text.endswith(newline):
-            return text[: -len(newline)]
-    return text
+        raise CommandError(f"standard input is not valid UTF-8 at line {number}: {exc}") from exc
+    return _checked_payload(text, f"invalid payload at line {number} of standard input")
+
+
+def _checked_payload(payload: str, context: str) -> str:
+    try:
+        return check_payload(payload)
+    except (ValueError, TypeError) as exc:
+        raise CommandError(f"{context}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,10 +887,6 @@ def _say(line: str) -> None:
 
 def _quoted(channel: str) -> str:
     return json.dumps(channel, ensure_ascii=False)
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _ensure_utf8(stream: TextIO) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import queue
+import re
 import select
 import signal
 import socket
@@ -18,11 +20,12 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -149,14 +152,18 @@ class Listen:
             if line.startswith("listening on "):
                 return line
 
-    def next_json(self) -> dict[str, Any]:
-        """The next line of stdout, parsed; fails the test after ``BOUND`` seconds."""
+    def next_line(self) -> str:
+        """The next line of stdout; fails the test after ``BOUND`` seconds."""
         try:
             line = self.stdout.get(timeout=BOUND)
         except queue.Empty:
             pytest.fail(f"no notification printed within {BOUND}s; stderr: {self.err_lines}")
         assert line is not None, f"stdout closed; stderr: {self.err_lines}"
-        decoded: dict[str, Any] = json.loads(line)
+        return line
+
+    def next_json(self) -> dict[str, Any]:
+        """The next line of stdout, parsed; fails the test after ``BOUND`` seconds."""
+        decoded: dict[str, Any] = json.loads(self.next_line())
         return decoded
 
     def finish(self, timeout: float = BOUND) -> int:
@@ -378,6 +385,125 @@ def test_listen_survives_a_lost_connection_and_listens_again(listen: Any, sender
     assert listener.finish() == cli.EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------
+# listen: JSON lines when piped, readable lines on a terminal
+
+
+class Terminal:
+    """A pseudo-terminal: a process writes to :attr:`slave`; its lines are read from the master."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        pending = b""
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:  # the terminal turns "\n" into "\r\n"
+                self.lines.put(line.decode("utf-8").removesuffix("\r"))
+        self.lines.put(None)
+
+    def next_line(self) -> str:
+        try:
+            line = self.lines.get(timeout=BOUND)
+        except queue.Empty:
+            pytest.fail(f"nothing written to the terminal within {BOUND}s")
+        assert line is not None, "the terminal was closed"
+        return line
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    opened = Terminal()
+    yield opened
+    os.close(opened.master)
+
+
+JSON_PAYLOADS = [
+    ('{"id": 1, "tags": ["new"]}', {"id": 1, "tags": ["new"]}),
+    ("42", 42),
+    ('"a string"', "a string"),
+    ("null", None),
+]
+NOT_JSON_PAYLOADS = ["plain text", "", "{oops", "NaN", "Infinity", "1e999"]
+
+
+def test_listen_json_adds_the_parsed_value_when_the_payload_is_json(
+    listen: Any, sender: Conn
+) -> None:
+    channel = unique()
+    listener = listen(channel, "--json")
+    listener.wait_listening()
+    for payload in [*(payload for payload, _ in JSON_PAYLOADS), *NOT_JSON_PAYLOADS]:
+        send(sender, channel, payload)
+
+    for payload, value in JSON_PAYLOADS:
+        printed = listener.next_json()
+        assert printed["payload"] == payload  # always the raw text
+        assert "json" in printed and printed["json"] == value
+    for payload in NOT_JSON_PAYLOADS:
+        printed = listener.next_json()
+        assert printed["payload"] == payload
+        assert "json" not in printed
+
+
+def test_listen_pretty_prints_one_readable_line_per_notification(listen: Any, sender: Conn) -> None:
+    channel = f"pretty {uuid.uuid4().hex[:8]}"  # a blank in the name: shown quoted
+    listener = listen(channel, "--pretty")  # forced, though stdout is a pipe here
+    listener.wait_listening()
+    sent_and_shown = [
+        ('{"id":1,"status":"new"}', '{"id": 1, "status": "new"}'),
+        ("hello world", "hello world"),
+        ("two\nlines", '"two\\nlines"'),
+        ("\x1b[2J cleared?", '"\\u001b[2J cleared?"'),
+        ("", '""'),
+    ]
+    for payload, _ in sent_and_shown:
+        send(sender, channel, payload)
+
+    pid = sender.get_backend_pid()
+    for _, shown in sent_and_shown:
+        line = listener.next_line()
+        assert re.fullmatch(r"\d\d:\d\d:\d\d ", line[:9]), line
+        assert line[9:] == f'"{channel}" [pid {pid}] {shown}'
+
+
+@pytest.mark.parametrize(("flags", "form"), [([], "pretty"), (["--json"], "json")])
+def test_listen_on_a_terminal_prints_readable_lines_unless_asked_for_json(
+    listen: Any, sender: Conn, terminal: Terminal, flags: list[str], form: str
+) -> None:
+    channel = unique()
+    listener = listen(channel, *flags, stdout=terminal.slave)
+    os.close(terminal.slave)
+    listener.wait_listening()
+
+    send(sender, channel, '{"id": 7}')
+
+    line = terminal.next_line()
+    if form == "pretty":
+        pid = sender.get_backend_pid()
+        assert re.fullmatch(rf'\d\d:\d\d:\d\d {channel} \[pid {pid}\] {{"id": 7}}', line), line
+    else:
+        assert json.loads(line)["json"] == {"id": 7}
+    listener.proc.send_signal(signal.SIGINT)
+    assert listener.finish() == cli.EXIT_OK
+
+
+def test_listen_json_and_pretty_exclude_each_other() -> None:
+    result = run("listen", "x", "--json", "--pretty", "--dsn", UNREACHABLE)
+    assert result.returncode == cli.EXIT_ERROR
+    assert "not allowed with argument" in result.stderr
+
+
 @pytest.fixture
 def silent_server() -> Iterator[socket.socket]:
     """A TCP port that accepts connections and never answers: libpq waits there forever."""
@@ -459,25 +585,11 @@ def test_notify_through_the_console_script_defaults_to_empty_payload(
     assert receiver.next().payload == ""
 
 
-@pytest.mark.parametrize(
-    ("stdin", "payload"),
-    [
-        ("line 1\nline 2 🎉\n", "line 1\nline 2 🎉"),
-        ("two newlines\n\n", "two newlines\n"),
-        ("no newline", "no newline"),
-        ("windows\r\n", "windows"),
-        ("", ""),
-    ],
-)
-def test_notify_dash_reads_the_payload_from_stdin(
-    dsn: str, receiver: Receiver, stdin: str, payload: str
-) -> None:
-    channel = unique()
-    receiver.listen(channel)
-
-    result = subprocess.run(
+def notify_stdin(dsn: str, channel: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """Run ``notify CHANNEL -`` with ``data`` as standard input (bytes: no newline translation)."""
+    return subprocess.run(
         [*MODULE, "notify", "--dsn", dsn, channel, "-"],
-        input=stdin.encode("utf-8"),  # bytes: no newline translation on the way in
+        input=data,
         capture_output=True,
         env=environment(),
         cwd=ROOT,
@@ -485,8 +597,91 @@ def test_notify_dash_reads_the_payload_from_stdin(
         check=False,
     )
 
-    assert (result.returncode, result.stderr) == (0, b"")
-    assert receiver.next().payload == payload
+
+def payloads_until_end(receiver: Receiver, sender: Conn, channel: str) -> list[str]:
+    """Every payload received on ``channel`` before an ``END`` marker sent now from ``sender``.
+
+    The CLI has exited, so all it sent has committed and arrives before the marker: what comes
+    before it is exactly what the CLI sent.
+    """
+    send(sender, channel, "END")
+    payloads = []
+    while (payload := receiver.next().payload) != "END":
+        payloads.append(payload)
+    return payloads
+
+
+@pytest.mark.parametrize(
+    ("stdin", "payloads"),
+    [
+        ("line 1\nline 2 🎉\n", ["line 1", "line 2 🎉"]),
+        ("same\nsame\nsame\n", ["same", "same", "same"]),  # identical lines: all delivered
+        ("blank line next\n\n", ["blank line next", ""]),
+        ("no final newline", ["no final newline"]),
+        ("windows\r\nline endings\r\n", ["windows", "line endings"]),
+        ("", []),
+    ],
+    ids=["two-lines", "identical", "blank", "no-newline", "crlf", "empty"],
+)
+def test_notify_dash_sends_one_notification_per_line_of_stdin(
+    dsn: str, receiver: Receiver, sender: Conn, stdin: str, payloads: list[str]
+) -> None:
+    channel = unique()
+    receiver.listen(channel)
+
+    result = notify_stdin(dsn, channel, stdin.encode("utf-8"))
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert payloads_until_end(receiver, sender, channel) == payloads
+
+
+def test_notify_dash_sends_each_line_as_soon_as_it_is_read(dsn: str, receiver: Receiver) -> None:
+    channel = unique()
+    receiver.listen(channel)
+    with subprocess.Popen(
+        [*MODULE, "notify", "--dsn", dsn, channel, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment(),
+        cwd=ROOT,
+    ) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        assert receiver.next().payload == "first"  # while its standard input is still open
+        assert proc.poll() is None
+        proc.stdin.write(b"second\n")
+        proc.stdin.close()
+        code = proc.wait(timeout=BOUND)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    assert (code, err) == (0, b"")
+    assert receiver.next().payload == "second"
+
+
+@pytest.mark.parametrize(
+    ("stdin", "error"),
+    [
+        (b"sent\n" + b"x" * 8000 + b"\nnot sent\n", "invalid payload at line 2 of standard input"),
+        (b"sent\n" + b"x" * 100_000, "invalid payload at line 2 of standard input"),
+        (b"sent\nnul \x00 byte\nnot sent\n", "invalid payload at line 2 of standard input"),
+        (b"sent\n\xff\xfe\nnot sent\n", "standard input is not valid UTF-8 at line 2"),
+    ],
+    ids=["8000-bytes", "endless-line", "nul", "not-utf8"],
+)
+def test_notify_dash_stops_at_a_bad_line_after_sending_the_lines_before_it(
+    dsn: str, receiver: Receiver, sender: Conn, stdin: bytes, error: str
+) -> None:
+    channel = unique()
+    receiver.listen(channel)
+
+    result = notify_stdin(dsn, channel, stdin)
+
+    assert result.returncode == cli.EXIT_ERROR
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX + error), lines
+    assert payloads_until_end(receiver, sender, channel) == ["sent"]
 
 
 def test_notify_is_printed_by_listen(dsn: str, listen: Any) -> None:
@@ -573,6 +768,8 @@ def test_63_byte_channel_is_fine(dsn: str, receiver: Receiver) -> None:
 
 
 def test_too_large_payload_is_an_error(dsn: str) -> None:
+    line = error_line(run("notify", "--dsn", dsn, unique(), "x" * 8000))
+    assert line.startswith(PREFIX + "invalid payload: ") and "8000" in line
     line = error_line(run("notify", "--dsn", dsn, unique(), "-", input="x" * 8000))
     assert "8000" in line
 
@@ -589,7 +786,8 @@ def test_invalid_utf8_on_stdin_is_an_error(dsn: str) -> None:
     )
     assert result.returncode == cli.EXIT_ERROR
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(PREFIX + "standard input is not valid UTF-8")
+    assert len(lines) == 1
+    assert lines[0].startswith(PREFIX + "standard input is not valid UTF-8 at line 1: ")
 
 
 @pytest.mark.parametrize("command", ["listen", "notify"])
@@ -677,3 +875,77 @@ def test_main_in_process_returns_exit_codes(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.startswith(PREFIX)
     assert cli.main(["listen"]) == cli.EXIT_ERROR
     assert cli.main(["--help"]) == cli.EXIT_OK
+
+
+class FakeNotification(NamedTuple):
+    channel: str
+    payload: str
+    pid: int
+
+
+RECEIVED_AT = datetime(2024, 5, 1, 12, 0, 1, 250000, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("payload", "shown"),
+    [
+        ('{"id":1}', '{"id": 1}'),
+        ('{\n  "multi": "line"\n}', '{"multi": "line"}'),
+        ("plain words", "plain words"),
+        ("ünïcode 🎉", "ünïcode 🎉"),
+        ("", '""'),
+        (" padded ", '" padded "'),
+        ("tab\there", '"tab\\there"'),
+        ("\x1b]0;new title\x07", '"\\u001b]0;new title\\u0007"'),
+        ("c1 \x9b csi", '"c1 \\u009b csi"'),
+        ("del \x7f", '"del \\u007f"'),
+        ("\u202eevil", '"\\u202eevil"'),
+        ("line\u2028separator", '"line\\u2028separator"'),
+        ('["escape \\u001b in json"]', '["escape \\u001b in json"]'),
+        ('["c1 \\u009b in json"]', '["c1 \\u009b in json"]'),
+    ],
+)
+def test_pretty_line_shows_a_payload_on_one_line_with_nothing_a_terminal_acts_on(
+    payload: str, shown: str
+) -> None:
+    line = cli.pretty_line(FakeNotification("orders", payload, 4242), RECEIVED_AT)
+
+    assert line == f"{RECEIVED_AT.astimezone():%H:%M:%S} orders [pid 4242] {shown}"
+    assert not [char for char in line if unicodedata.category(char) in ("Cc", "Zl", "Zp")]
+
+
+@pytest.mark.parametrize(
+    ("channel", "shown"),
+    [("orders", "orders"), ("My Chan", '"My Chan"'), ("new\nline", '"new\\nline"')],
+)
+def test_pretty_line_quotes_a_channel_with_blanks_or_controls(channel: str, shown: str) -> None:
+    line = cli.pretty_line(FakeNotification(channel, "x", 1), RECEIVED_AT)
+    assert line.split(" [pid ")[0][9:] == shown
+
+
+@pytest.mark.parametrize(
+    ("payload", "parsed"),
+    [("[1, 2.5, true]", [1, 2.5, True]), ("0", 0), ("null", None), ('"x"', "x")],
+)
+def test_json_line_keeps_the_raw_payload_and_adds_the_parsed_value(
+    payload: str, parsed: Any
+) -> None:
+    line = cli.json_line(FakeNotification("orders", payload, 4242), RECEIVED_AT)
+    assert json.loads(line) == {
+        "channel": "orders",
+        "payload": payload,
+        "json": parsed,
+        "pid": 4242,
+        "received_at": "2024-05-01T12:00:01.250000+00:00",
+    }
+
+
+@pytest.mark.parametrize("payload", ["NaN", "-Infinity", "1e999", "[" * 100_000, "{'a': 1}"])
+def test_json_line_has_no_json_key_for_what_strict_json_refuses(payload: str) -> None:
+    line = cli.json_line(FakeNotification("orders", payload, 4242), RECEIVED_AT)
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the output: not strict JSON")
+
+    printed = json.loads(line, parse_constant=refuse)
+    assert printed["payload"] == payload and "json" not in printed
