@@ -82,6 +82,14 @@ class NotificationStream:
         """Unsubscribe and end iteration (see :meth:`close`)."""
         self.close()
 
+    async def __aenter__(self) -> NotificationStream:
+        """``async with``: subscribe in a worker thread, so the event loop never waits."""
+        return await asyncio.to_thread(self.open)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """``async with``: unsubscribe in a worker thread (see :meth:`close`)."""
+        await asyncio.to_thread(self.close)
+
     def open(self, timeout: float | None = None) -> NotificationStream:
         """Subscribe to every channel (what ``with`` does on enter).
 

@@ -191,3 +191,18 @@ def test_queue_usage_and_heartbeat_report_it(dsn: str) -> None:
         assert bus.stats().queue_usage is not None
     with pytest.raises(pg.DispatcherStopped):
         bus.queue_usage()
+
+
+def test_async_with_subscribes_off_the_event_loop(bus: Dispatcher, sender: Any) -> None:
+    channel = unique()
+
+    async def consume() -> str:
+        async with bus.stream(channel) as stream:
+            assert channel in bus.channels
+            asyncio.get_running_loop().call_later(0.05, send, sender, channel, "async with")
+            notification = await stream.get_async()
+            assert notification is not None
+            return str(notification.payload)
+
+    assert asyncio.run(asyncio.wait_for(consume(), BOUND)) == "async with"
+    assert channel not in bus.channels
