@@ -33,7 +33,6 @@ import dataclasses
 import enum
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -48,7 +47,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from . import signals
+from . import _fork, signals
 from ._commands import (
     Command,
     Handler,
@@ -62,6 +61,7 @@ from ._commands import (
     Unsubscribe,
 )
 from ._connection import attempt_timeout, describe_target, host_alternatives, with_liveness
+from ._executor import ChannelWork
 from ._names import check_channel
 from ._waiting import Waker, wait
 from .errors import DispatcherStopped, NotConnected
@@ -87,9 +87,6 @@ _MAX_BATCH = 1000
 """Most notifies sent in one transaction when callers queue them faster than they commit."""
 
 _RESERVED_KWARGS = frozenset({"async", "async_", "connection_factory"})
-
-_LIVE: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-"""Every dispatcher of this process, for the fork handler."""
 
 
 class _State(enum.Enum):
@@ -233,15 +230,13 @@ class Dispatcher:
         self._backoff = (float(backoff_min), float(backoff_max))
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = float(heartbeat_timeout)
-        self._executor = executor
-        self._max_pending = max_pending
         self._queue_warning = float(queue_warning)
         self._queue_usage: float | None = None
-        # Handed to the executor, per channel; guarded by _work_lock (any thread).
-        self._work_lock = threading.Lock()
-        self._work: dict[str, collections.deque[Any]] = {}  # a key only while a task runs
-        self._work_count = 0
-        self._backpressure = False  # dispatcher thread: stop reading until work drains
+        self._work = (
+            None
+            if executor is None
+            else ChannelWork(executor, max_pending, self._handle_on_executor, self._wake_for_room)
+        )
 
         # Shared between threads; every transition happens under _lock.
         self._lock = threading.RLock()
@@ -280,7 +275,7 @@ class Dispatcher:
         self._handler_errors = self._reconnects = 0
         self._last_error: str | None = None
         self._streams: weakref.WeakSet[NotificationStream] = weakref.WeakSet()  # open ones
-        _LIVE.add(self)
+        _fork.track(self)
 
     # ------------------------------------------------------------------ public, any thread
 
@@ -727,7 +722,7 @@ class Dispatcher:
         self._state = _State.FORKED
         conn, self._conn = self._conn, None
         if conn is not None:
-            _neutralise_inherited(conn)
+            _fork.neutralise(conn)
         if self._waker is not None:
             self._waker.close()  # the child's copies only; the parent's stay open
             self._waker = None
@@ -1080,7 +1075,7 @@ class Dispatcher:
             timeout = self._loop_next_timeout(grace_deadline)
             if self._inflight is not None and self._inflight_wait == _POLL_WRITE:
                 ready = wait([wake_fd], [conn_fd], timeout)
-            elif self._inflight is None and self._backpressure:
+            elif self._inflight is None and self._work is not None and self._work.backpressure:
                 ready = wait([wake_fd], [], timeout)  # read nothing until handlers catch up
             else:
                 ready = wait([conn_fd, wake_fd], [], timeout)
@@ -1392,8 +1387,8 @@ class Dispatcher:
         self._routes.pop(channel, None)
         self._routing_version += 1
         self._unwant(channel)
-        if self._executor is not None:
-            self._drop_work(channel)
+        if self._work is not None:
+            self._dropped += self._work.drop(channel)
         if not self._has_receivers(channel):
             self._signals.pop(channel, None)  # a web app's short-lived channels add up
         if self._pending:
@@ -1416,8 +1411,8 @@ class Dispatcher:
         """
         if self._dispatching:
             return
-        if self._executor is not None:
-            self._loop_dispatch_to_executor()
+        if self._work is not None:
+            self._loop_dispatch_to_executor(self._work)
             return
         self._dispatching = True
         dispatched = dropped = 0
@@ -1457,7 +1452,7 @@ class Dispatcher:
             self._dispatched += dispatched
             self._dropped += dropped
 
-    def _loop_dispatch_to_executor(self) -> None:
+    def _loop_dispatch_to_executor(self, work: ChannelWork) -> None:
         """Hand every pending notification to its channel's executor task, in order."""
         self._dispatching = True
         dispatched = dropped = 0
@@ -1467,7 +1462,7 @@ class Dispatcher:
                 notification = pending.popleft()
                 if not self._handlers_for(notification.channel):
                     dropped += 1
-                elif self._loop_hand_off(notification):
+                elif work.hand_off(notification):
                     dispatched += 1
                 else:
                     pending.appendleft(notification)  # backpressure: resume when drained
@@ -1477,61 +1472,22 @@ class Dispatcher:
             self._dispatched += dispatched
             self._dropped += dropped
 
-    def _loop_hand_off(self, notification: Any) -> bool:
-        """Queue ``notification`` for its channel's executor task; ``False`` when full."""
-        channel = notification.channel
-        with self._work_lock:
-            if self._work_count >= self._max_pending:
-                self._backpressure = True
-                return False
-            self._work_count += 1
-            queue = self._work.get(channel)
-            if queue is not None:
-                queue.append(notification)  # the channel's task is running: it will see it
-                return True
-            self._work[channel] = collections.deque([notification])
-        assert self._executor is not None
-        try:
-            self._executor.submit(self._work_on_channel, channel)
-        except Exception as exc:  # e.g. the executor was shut down while we run
-            log.error("the executor refused work (%s): running handlers on the dispatcher", exc)
-            self._work_on_channel(channel)
-        return True
+    def _handle_on_executor(self, channel: str, notification: Any) -> None:
+        """Executor thread: call ``channel``'s handlers, skipping any unsubscribed meanwhile."""
+        version = self._routing_version
+        for handler in self._handlers_for(channel):
+            if self._routing_version != version and handler not in self._handlers_for(channel):
+                continue  # unsubscribed (or unlistened) meanwhile
+            try:
+                handler(notification)
+            except Exception as exc:
+                self._report_handler_error(handler, notification, exc)
 
-    def _work_on_channel(self, channel: str) -> None:
-        """Executor thread: handle ``channel``'s queued notifications in order, then end."""
+    def _wake_for_room(self) -> None:
+        """Executor thread: handlers caught up; the dispatcher may read the socket again."""
         waker = self._waker
-        while True:
-            with self._work_lock:
-                queue = self._work.get(channel)
-                if not queue:
-                    self._work.pop(channel, None)
-                    return
-                notification = queue.popleft()
-                self._work_count -= 1
-                resume = self._backpressure and self._work_count < self._max_pending
-                if resume:
-                    self._backpressure = False
-            if resume and waker is not None:
-                waker.wake_now()
-            version = self._routing_version
-            handlers = self._handlers_for(channel)
-            for handler in handlers:
-                if self._routing_version != version and handler not in self._handlers_for(channel):
-                    continue  # unsubscribed (or unlistened) meanwhile
-                try:
-                    handler(notification)
-                except Exception as exc:
-                    self._report_handler_error(handler, notification, exc)
-
-    def _drop_work(self, channel: str) -> None:
-        """Forget what waits for the executor on ``channel`` (it was unlistened)."""
-        with self._work_lock:
-            queue = self._work.get(channel)
-            if queue:
-                self._work_count -= len(queue)
-                self._dropped += len(queue)
-                queue.clear()
+        if waker is not None:
+            waker.wake_now()
 
     def _loop_call_still_connected(
         self, notification: Any, handlers: tuple[Handler, ...], last: Handler
@@ -1633,30 +1589,3 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
-
-
-def _neutralise_inherited(conn: psycopg2.extensions.connection) -> None:
-    """Make a connection inherited through fork() harmless to the parent's session.
-
-    Closing it in the child would send the server a Terminate message on the shared socket and
-    end the parent's session. Pointing the child's descriptor at /dev/null first means that
-    whatever libpq does with it later (at close or garbage collection) goes nowhere.
-    """
-    try:
-        fd = conn.fileno()
-    except psycopg2.Error:
-        return
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
-
-
-def _after_fork_in_child() -> None:
-    for dispatcher in list(_LIVE):
-        dispatcher._forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
