@@ -752,12 +752,6 @@ class Dispatcher:
         found = self._signals.get(channel)
         return found is not None and bool(found.receivers)
 
-    def _receivers(self, channel: str) -> Iterable[Any]:
-        found = self._signals.get(channel)
-        if found is None:
-            return ()
-        return [_strong(r) for r in tuple(found.receivers.values())]
-
     # ------------------------------------------------- the dispatcher thread: life cycle
 
     def _loop_main(self, started: Future[None], deadline: float | None) -> None:
@@ -1254,7 +1248,7 @@ class Dispatcher:
             channel = command.channel
             if channel not in self._routes or channel in self._explicit:
                 return None
-            remaining = [r for r in self._receivers(channel) if r != command.handler]
+            remaining = [h for h in self._handlers_for(channel) if h != command.handler]
             if remaining:
                 return None
             return _unlisten_sql(channel), None
