@@ -148,6 +148,10 @@ def serve(dsn: str, host: str, port: int, default_channel: str, keepalive: float
         log.error("cannot serve on %s port %d: %s", host, port, exc)
         bus.stop(timeout=10)
         return 2
+    except SystemExit:  # werkzeug's make_server() exits itself when the port is taken
+        log.error("cannot serve on %s port %d (in use?)", host, port)
+        bus.stop(timeout=10)
+        return 2
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever(), which runs in this very (main) thread, where

@@ -156,8 +156,8 @@ class Dispatcher:
     :param backoff_min: seconds before the first reconnection attempt (default 0.1); each
         failure doubles the delay; every pause is randomly between half and all of it.
     :param backoff_max: the longest delay between attempts, in seconds (default 30).
-    :param heartbeat_interval: seconds without traffic after which the dispatcher checks its
-        session with one query of ``pg_listening_channels()`` and
+    :param heartbeat_interval: every this many seconds, busy or idle, the dispatcher checks
+        its session with one query of ``pg_listening_channels()`` and
         ``pg_notification_queue_usage()`` (default 10); ``None`` disables it.
     :param heartbeat_timeout: seconds that check may take before the connection is declared
         dead and replaced (default 5). A command of the caller's that makes no progress for
@@ -217,6 +217,8 @@ class Dispatcher:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if executor is not None and not isinstance(executor, Executor):
             raise TypeError(f"executor must be a concurrent.futures.Executor, not {executor!r}")
+        if not isinstance(queue_warning, (int, float)) or not 0 < queue_warning <= 1:
+            raise ValueError(f"queue_warning must be a fraction in (0, 1], not {queue_warning!r}")
         if not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a positive int, not {max_pending!r}")
         if backoff_min > backoff_max:
@@ -263,7 +265,7 @@ class Dispatcher:
         self._inflight_deadline: float | None = None
         self._cursor: psycopg2.extensions.cursor | None = None
         self._inflight_wait = _POLL_OK
-        self._last_traffic = 0.0
+        self._next_heartbeat = 0.0  # monotonic time the next heartbeat is due
         self._dispatching = False
         self._routing_version = 0  # bumped by every change of routes or handlers
         self._stop_requested = False
@@ -274,6 +276,7 @@ class Dispatcher:
         self._received = self._dispatched = self._dropped = 0
         self._handler_errors = self._reconnects = 0
         self._last_error: str | None = None
+        self._last_exception: BaseException | None = None
         self._streams: weakref.WeakSet[NotificationStream] = weakref.WeakSet()  # open ones
         _fork.track(self)
 
@@ -671,6 +674,20 @@ class Dispatcher:
         if first_error is not None:
             raise first_error
 
+    def _unsubscribe_later(self, channel: str, handler: Handler) -> None:
+        """Queue an unsubscribe without waiting for it (it runs after what is queued)."""
+        command = Unsubscribe(channel, handler)
+        if threading.get_ident() == self._loop_ident:
+            self._record(command)
+            return
+        with self._lock:
+            if self._state in (_State.IDLE, _State.STOPPING, _State.FORKED):
+                self._record(command)
+                return
+            self._queue.append(command)
+            assert self._waker is not None
+            self._waker.wake()
+
     def _wait_for(self, command: Command, deadline: float | None, timeout: float | None) -> None:
         try:
             command.future.result(_remaining(deadline))
@@ -684,7 +701,7 @@ class Dispatcher:
                 raise NotConnected(
                     f"{name} not sent: no connection to the server within {timeout} s "
                     f"(reconnecting; last error: {self._last_error})"
-                ) from None
+                ) from self._last_exception
             raise TimeoutError(f"{name} did not complete within {timeout} s") from None
         except CancelledError:
             raise DispatcherStopped("the dispatcher stopped before serving the call") from None
@@ -819,7 +836,7 @@ class Dispatcher:
         self._routes = {channel: self.signal(channel) for channel in channels}
         self._routing_version += 1
         self._backend_pid = self._conn.get_backend_pid()
-        self._last_traffic = time.monotonic()
+        self._loop_schedule_heartbeat()
         log.info(
             "connected to %s, backend pid %d, listening to %d channels",
             self._target,
@@ -883,7 +900,7 @@ class Dispatcher:
 
     def _loop_on_lost(self, reason: BaseException) -> None:
         """Close the dead session, settle its command, and tell the application."""
-        self._last_error = _one_line(reason)
+        self._last_error, self._last_exception = _one_line(reason), reason
         log.warning(
             "lost the connection to %s (backend pid %s): %s; reconnecting",
             self._target,
@@ -933,7 +950,7 @@ class Dispatcher:
                 return False
             except Exception as exc:
                 self._loop_close()
-                self._last_error = _one_line(exc)
+                self._last_error, self._last_exception = _one_line(exc), exc
                 delay = min(delay * 2, backoff_max)
                 log.warning(
                     "reconnection attempt %d to %s failed: %s; next in %.1f s at most",
@@ -1059,6 +1076,8 @@ class Dispatcher:
                     return  # shutdown fails the command in flight with DispatcherStopped
             else:
                 self._loop_start_next_command()
+                if self._inflight is None:
+                    self._loop_heartbeat_if_due()
             if self._inflight is None:
                 self._loop_dispatch()
                 if self._stop_requested or self._lost is not None or self._queue:
@@ -1084,30 +1103,32 @@ class Dispatcher:
         """Seconds until something is due: the stop grace, a deadline or the heartbeat."""
         due = grace_deadline
         if self._heartbeat_interval is not None:
-            if self._inflight is not None:
-                beat = self._inflight_deadline
-            else:
-                beat = self._last_traffic + self._heartbeat_interval
+            beat = self._inflight_deadline if self._inflight is not None else self._next_heartbeat
             if beat is not None and (due is None or beat < due):
                 due = beat
         return _remaining(due)
 
     def _loop_on_timeout(self) -> None:
-        """The wait ended with nothing ready: a deadline passed or a heartbeat is due."""
-        if self._inflight is not None:
-            if self._inflight_deadline is not None and _remaining(self._inflight_deadline) == 0:
-                what = type(self._inflight).__name__.lower()
-                raise _ConnectionLost(
-                    psycopg2.OperationalError(
-                        f"no answer from the server to a {what} in time: "
-                        "the connection is presumed dead"
-                    )
+        """The wait ended with nothing ready: a deadline passed (or a heartbeat is due,
+        which the loop begins next)."""
+        deadline = self._inflight_deadline
+        if self._inflight is not None and deadline is not None and _remaining(deadline) == 0:
+            what = type(self._inflight).__name__.lower()
+            raise _ConnectionLost(
+                psycopg2.OperationalError(
+                    f"no answer from the server to a {what} in time: "
+                    "the connection is presumed dead"
                 )
-        elif (
-            self._heartbeat_interval is not None
-            and not self._stop_requested
-            and time.monotonic() >= self._last_traffic + self._heartbeat_interval
-        ):
+            )
+
+    def _loop_schedule_heartbeat(self) -> None:
+        if self._heartbeat_interval is not None:
+            self._next_heartbeat = time.monotonic() + self._heartbeat_interval
+
+    def _loop_heartbeat_if_due(self) -> None:
+        """Begin the heartbeat every ``heartbeat_interval`` s, busy or not (it also reads the
+        queue usage, which matters most under traffic)."""
+        if self._heartbeat_interval is not None and time.monotonic() >= self._next_heartbeat:
             heartbeat = Heartbeat()
             heartbeat.future.set_running_or_notify_cancel()
             self._loop_begin(heartbeat)
@@ -1273,7 +1294,6 @@ class Dispatcher:
         conn = self._conn
         assert conn is not None
         command = self._inflight
-        self._last_traffic = time.monotonic()
         try:
             state = conn.poll()
         except psycopg2.Error as exc:
@@ -1309,6 +1329,7 @@ class Dispatcher:
         """
         if isinstance(command, Heartbeat):
             self._loop_check_heartbeat()  # raises _ConnectionLost for a deaf session
+            self._loop_schedule_heartbeat()
             self._loop_dispatch()
             return
         try:

@@ -17,10 +17,11 @@ import collections
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._names import check_channel
+from .errors import DispatcherStopped
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -83,8 +84,16 @@ class NotificationStream:
         self.close()
 
     async def __aenter__(self) -> NotificationStream:
-        """``async with``: subscribe in a worker thread, so the event loop never waits."""
-        return await asyncio.to_thread(self.open)
+        """``async with``: subscribe in a worker thread, so the event loop never waits.
+
+        If the task is cancelled meanwhile, the stream is closed and whatever the worker
+        thread still subscribes is undone: nothing is left behind.
+        """
+        try:
+            return await asyncio.to_thread(self.open)
+        except asyncio.CancelledError:
+            threading.Thread(target=self.close, name="pgpubsub-stream-close").start()
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         """``async with``: unsubscribe in a worker thread (see :meth:`close`)."""
@@ -96,19 +105,32 @@ class NotificationStream:
         :param timeout: seconds for each subscription; ``None`` waits as long as it takes.
         :returns: ``self``.
         :raises RuntimeError: if the stream is already open or was closed.
-        :raises psycopg2.Error, TimeoutError, DispatcherStopped: as
-            :meth:`Dispatcher.subscribe`; channels already subscribed are unsubscribed again.
+        :raises DispatcherStopped: if the dispatcher is not running (a stream of a stopped
+            dispatcher would wait for nothing).
+        :raises psycopg2.Error, TimeoutError: as :meth:`Dispatcher.subscribe`; then, and if
+            the stream is closed meanwhile, every subscription made or still on its way is
+            undone.
         """
         if self._subscribed or self._closed:
             raise RuntimeError("a stream is opened once")
+        if not self._dispatcher.running:
+            raise DispatcherStopped("a stream needs a running dispatcher: start() it first")
         self._dispatcher._streams.add(self)
-        try:
-            for channel in self.channels:
+        for channel in self.channels:
+            try:
                 self._dispatcher.subscribe(channel, self._put, timeout=timeout)
-                self._subscribed.append(channel)
-        except BaseException:
-            self.close()
-            raise
+            except BaseException:
+                # A subscribe that timed out may still happen: queue its undoing behind it.
+                self._dispatcher._unsubscribe_later(channel, self._put)
+                self.close()
+                raise
+            with self._cond:
+                abandoned = self.closed  # closed meanwhile (a cancelled ``async with``)
+                if not abandoned:
+                    self._subscribed.append(channel)
+            if abandoned:
+                self._dispatcher._unsubscribe_later(channel, self._put)
+                break
         return self
 
     def close(self) -> None:
@@ -123,9 +145,9 @@ class NotificationStream:
             self._closed = True
             self._cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
+            subscribed, self._subscribed = self._subscribed, []
         _wake_all(waiters)
         self._dispatcher._streams.discard(self)
-        subscribed, self._subscribed = self._subscribed, []
         for channel in subscribed:
             try:
                 self._dispatcher.unsubscribe(channel, self._put)
@@ -191,16 +213,20 @@ class NotificationStream:
 
     # -------------------------------------------------------------- reading, asyncio
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        """``async for notification in stream``: waits without blocking the event loop."""
-        return self._async_iter()
+    def __aiter__(self) -> NotificationStream:
+        """``async for notification in stream``: waits without blocking the event loop.
 
-    async def _async_iter(self) -> AsyncIterator[Any]:
-        while True:
-            notification = await self.get_async()
-            if notification is None:
-                return
-            yield notification
+        The stream is its own iterator, so a cancelled ``anext()`` (a timeout) leaves it
+        usable.
+        """
+        return self
+
+    async def __anext__(self) -> Any:
+        """The next notification; ``StopAsyncIteration`` once closed and empty."""
+        notification = await self.get_async()
+        if notification is None:
+            raise StopAsyncIteration
+        return notification
 
     async def get_async(self) -> Any | None:
         """Return the oldest waiting notification, awaiting one; ``None`` once closed and empty.

@@ -8,6 +8,7 @@ in the same transaction: PostgreSQL delivers it at commit, and never if it rolls
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ._names import check_channel, check_payload
@@ -30,13 +31,21 @@ def notify(conn_or_cursor: Any, channel: str, payload: str = "") -> None:
     :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
     :param payload: text shorter than 8000 bytes in UTF-8, without NUL.
     :raises InvalidChannelName: if the channel name is not acceptable.
-    :raises TypeError: if ``payload`` is not a ``str``.
+    :raises TypeError: if ``payload`` is not a ``str``, or the connection is an asynchronous
+        one (psycopg 3's ``AsyncConnection``, asyncpg), whose ``execute`` must be awaited.
     :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in UTF-8.
     :raises ValueError: if ``payload`` contains NUL.
     :raises psycopg2.Error: (or psycopg's) what the server raised.
     """
     params = (check_channel(channel), check_payload(payload))
     execute = getattr(conn_or_cursor, "execute", None)
+    if inspect.iscoroutinefunction(execute) or inspect.iscoroutinefunction(
+        getattr(conn_or_cursor, "cursor", None)
+    ):
+        raise TypeError(
+            "notify() needs a synchronous connection or cursor; with an async one, run "
+            "await conn.execute('SELECT pg_notify($1, $2)' or '... %s, %s', (channel, payload))"
+        )
     if execute is not None:
         execute(_SQL, params)  # a cursor, or a psycopg 3 connection
         return

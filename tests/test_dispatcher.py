@@ -952,7 +952,8 @@ def test_a_call_from_a_handler_after_one_timed_out_still_works(bus: Dispatcher) 
         outcomes.append("second sent")
 
     bus.notify(channel)
-    assert outcomes == ["timed out", "second sent"]
+    # The first call times out, unless the server answered within its very first poll.
+    assert outcomes in (["timed out", "second sent"], ["second sent"])
     assert [n.payload for n in got.wait(2)] == ["first", "second"]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -206,3 +207,91 @@ def test_async_with_subscribes_off_the_event_loop(bus: Dispatcher, sender: Any) 
 
     assert asyncio.run(asyncio.wait_for(consume(), BOUND)) == "async with"
     assert channel not in bus.channels
+
+
+@pytest.fixture
+def gate(bus: Dispatcher, sender: Any) -> Iterator[threading.Event]:
+    """Keeps the dispatcher thread busy in a handler until the event is set."""
+    channel, release, entered = unique("gate"), threading.Event(), threading.Event()
+
+    def block(notification: Any) -> None:
+        entered.set()
+        release.wait(BOUND)
+
+    bus.subscribe(channel, block)
+    send(sender, channel)
+    assert entered.wait(BOUND)
+    yield release
+    release.set()
+
+
+def test_a_timed_out_open_leaves_nothing_behind(bus: Dispatcher, gate: threading.Event) -> None:
+    channel = unique()
+    stream = bus.stream(channel)
+    with pytest.raises(TimeoutError):
+        stream.open(timeout=0.1)  # the dispatcher is busy: the subscribe cannot run yet
+    gate.set()
+    bus.notify(unique(), "sync")  # everything queued before this has run
+    assert stream.closed and channel not in bus.channels
+    assert not bus.signal(channel).receivers
+
+
+def test_a_cancelled_async_with_leaves_nothing_behind(
+    bus: Dispatcher, gate: threading.Event
+) -> None:
+    channel = unique()
+
+    async def consume() -> None:
+        async with bus.stream(channel) as stream:
+            await stream.get_async()
+
+    # asyncio.run() waits for its worker threads at exit, the subscribing one included: let
+    # the dispatcher go on a little after the cancellation.
+    threading.Timer(0.3, gate.set).start()
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(asyncio.wait_for(consume(), 0.1))  # cancelled while subscribing
+    deadline = time.monotonic() + BOUND
+    while (channel in bus.channels or bus._streams) and time.monotonic() < deadline:
+        bus.notify(unique(), "sync")  # lets the undoing, queued behind, run
+    assert channel not in bus.channels and not bus._streams
+    assert not bus.signal(channel).receivers
+
+
+def test_async_for_survives_a_timed_out_anext(bus: Dispatcher) -> None:
+    channel = unique()
+
+    async def consume() -> str:
+        async with bus.stream(channel) as stream:
+            iterator = stream.__aiter__()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(iterator.__anext__(), 0.05)
+            await asyncio.to_thread(bus.notify, channel, "after the timeout")
+            return str((await iterator.__anext__()).payload)
+
+    assert asyncio.run(asyncio.wait_for(consume(), BOUND)) == "after the timeout"
+
+
+def test_a_stream_needs_a_running_dispatcher(dsn: str) -> None:
+    bus = Dispatcher(dsn)
+    with pytest.raises(pg.DispatcherStopped), bus.stream(unique()):
+        pass
+    assert bus.channels == frozenset()
+
+
+def test_queue_usage_is_checked_even_under_constant_traffic(dsn: str, sender: Any) -> None:
+    channel = unique()
+    with Dispatcher(dsn, heartbeat_interval=0.1) as bus:
+        bus.listen(channel)
+        deadline = time.monotonic() + BOUND
+        while bus.stats().queue_usage is None and time.monotonic() < deadline:
+            send(sender, channel, "traffic")  # never a silent moment
+        assert bus.stats().queue_usage is not None
+
+
+def test_transactional_notify_refuses_async_connections() -> None:
+    class AsyncLike:
+        async def execute(self, query: str, params: Any = None) -> None:
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="synchronous"):
+        pg.notify(AsyncLike(), "c", "x")
