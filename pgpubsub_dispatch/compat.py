@@ -142,9 +142,11 @@ class PubSub:
             raise DispatcherStopped("this PubSub is closed")
 
     def __enter__(self) -> PubSub:
+        """Return ``self``: ``with pgpubsub_dispatch.connect(...) as pubsub:``."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close (see :meth:`close`)."""
         self.close()
 
 

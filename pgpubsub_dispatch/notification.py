@@ -25,10 +25,16 @@ class Notification(Protocol):
     """
 
     @property
-    def channel(self) -> str: ...
+    def channel(self) -> str:
+        """The channel name, exactly as sent."""
+        ...
 
     @property
-    def payload(self) -> str: ...
+    def payload(self) -> str:
+        """The payload text (``""`` when none was given)."""
+        ...
 
     @property
-    def pid(self) -> int: ...
+    def pid(self) -> int:
+        """The sending backend's process id."""
+        ...
