@@ -80,11 +80,12 @@ def host_alternatives(
     :returns: ``[(dsn, connect_kwargs)]`` unchanged for a single host (or a DSN that does not
         parse: libpq will report it); else one entry per host, each all-keyword.
     """
-    params = {**_dsn_params(dsn), **{key: str(value) for key, value in connect_kwargs.items()}}
+    from_dsn = _dsn_params(dsn)
+    params = {**from_dsn, **{key: str(value) for key, value in connect_kwargs.items()}}
     hosts = params.get("host", "").split(",")
     hostaddrs = params.get("hostaddr", "").split(",")
     count = max(len(hosts), len(hostaddrs))
-    if count <= 1 or (dsn and not _dsn_params(dsn)):
+    if count <= 1 or (dsn and not from_dsn):
         return [(dsn, connect_kwargs)]
     ports = params.get("port", "").split(",")
     alternatives: list[tuple[str | None, dict[str, Any]]] = []

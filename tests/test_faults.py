@@ -33,6 +33,16 @@ def connect(dsn: str) -> Any:
     return conn
 
 
+def assert_delivered(dsn: str, channel: str, payload: str, got: Collector) -> None:
+    """Send ``payload`` from a session of ``dsn`` and check that ``got`` receives it."""
+    sender = connect(dsn)
+    try:
+        send(sender, channel, payload)
+        assert got.wait(1)[0].payload == payload
+    finally:
+        sender.close()
+
+
 @pytest.fixture
 def stopped_after() -> Iterator[list[Dispatcher]]:
     """Dispatchers registered here are stopped after the test, whatever happened."""
@@ -67,12 +77,7 @@ def test_server_down_for_ten_seconds(private_server: PrivateServer, stopped_afte
     )
     assert recovery <= backoff_max + 1
     assert cpu_while_down < 0.5  # no busy loop: a few attempts, each a connect() call
-    sender = connect(private_server.dsn)
-    try:
-        send(sender, channel, "after the outage")
-        assert got.wait(1)[0].payload == "after the outage"
-    finally:
-        sender.close()
+    assert_delivered(private_server.dsn, channel, "after the outage", got)
     assert bus.stats().reconnects == 1
 
 
@@ -88,12 +93,7 @@ def test_server_crash_and_restart(private_server: PrivateServer, stopped_after: 
     lifecycle.wait_for("disconnected", 1)
     private_server.start()
     lifecycle.wait_for("reconnected", 1)
-    sender = connect(private_server.dsn)
-    try:
-        send(sender, channel, "after the crash")
-        assert got.wait(1)[0].payload == "after the crash"
-    finally:
-        sender.close()
+    assert_delivered(private_server.dsn, channel, "after the crash", got)
 
 
 def test_half_open_connection_is_detected_by_the_heartbeat(
@@ -127,12 +127,7 @@ def test_half_open_connection_is_detected_by_the_heartbeat(
     error = lifecycle.wait_for("disconnected", 1)["error"]
     assert isinstance(error, psycopg2.OperationalError) and "no answer" in str(error)
 
-    sender = connect(private_server.dsn)
-    try:
-        send(sender, channel, "after the half-open connection")
-        assert got.wait(1)[0].payload == "after the half-open connection"
-    finally:
-        sender.close()
+    assert_delivered(private_server.dsn, channel, "after the half-open connection", got)
 
 
 def test_half_open_while_a_notify_is_in_flight(
