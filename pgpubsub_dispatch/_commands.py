@@ -1,43 +1,118 @@
-"""The commands that cross from callers' threads to the dispatcher thread.
+"""The commands that cross from callers' threads to the dispatcher thread, with their behaviour.
 
-Each carries a :class:`concurrent.futures.Future`: the dispatcher thread sets its result or
-exception, the caller waits on it. A command is plain data; what it does lives in the
-dispatcher's ``_loop_*`` methods, so that all code touching the connection is in one place.
-Arguments are validated when a command is built, in the caller's thread.
+Each command carries a :class:`concurrent.futures.Future` (the caller waits on it) and knows
+what it does, as CPython's ``concurrent.futures`` work items do, so nobody switches on its type:
+the SQL it needs on the current session (:meth:`Command.statement`), what it changes once the
+server has done it (:meth:`Command.apply`), what it does without a session
+(:meth:`Command.record`), and how it settles when refused or interrupted. Arguments are checked
+when a command is built, in the caller's thread; every other method runs on the dispatcher
+thread, or in a caller's thread while the dispatcher is not running (``record``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
+
+from psycopg2 import sql
 
 from ._names import check_channel, check_payload
+from ._routing import Handler, Routes
+from .errors import DispatcherStopped
 
 __all__ = [
     "Command",
-    "Handler",
     "Heartbeat",
     "Listen",
     "Notify",
     "NotifyBatch",
     "QueueUsage",
+    "Served",
+    "Statement",
     "Subscribe",
     "Unlisten",
     "Unsubscribe",
 ]
 
-Handler = Callable[[Any], object]
-"""A receiver: any callable taking one positional argument, the notification."""
+Statement = tuple["str | sql.Composable", Any]
+"""A query and its parameters."""
+
+_NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+# unnest() yields the pairs in array order, so they are notified (and delivered) in order.
+_NOTIFY_BATCH_SQL = "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS t(c, p)"
+_HEARTBEAT_SQL = (
+    "SELECT pg_notification_queue_usage(), array(SELECT pg_listening_channels())::text[]"
+)
+_QUEUE_USAGE_SQL = "SELECT pg_notification_queue_usage()"
+
+
+class Served(Protocol):
+    """What a command sees of the dispatcher thread when it completes."""
+
+    routes: Routes
+
+    def fetch_row(self) -> tuple[Any, ...] | None:
+        """The first row of the statement's result."""
+
+    def check_heartbeat(self, row: tuple[Any, ...]) -> None:
+        """Judge a heartbeat's result; raise if the session is deaf."""
 
 
 class Command:
-    """Base of every command: the future the caller waits on."""
+    """Base of every command: the future the caller waits on, and default behaviour."""
 
     __slots__ = ("future",)
 
+    needs_session = False
+    """``True``: held while reconnecting, refused while stopped; ``False``: recorded."""
+
     def __init__(self) -> None:
         self.future: Future[Any] = Future()
+
+    @property
+    def name(self) -> str:
+        """A short name for messages (``listen``, ``notify``, ...)."""
+        return type(self).__name__.lower()
+
+    def take(self) -> bool:
+        """Mark it running; ``False`` if its caller gave up first (then never run it)."""
+        return self.future.set_running_or_notify_cancel()
+
+    def statement(self, routes: Routes) -> Statement | None:
+        """The SQL this needs on the current session, or ``None`` to complete at once."""
+        return None
+
+    def apply(self, served: Served) -> Any:
+        """The server did it: update the bookkeeping; return the caller's result."""
+        return None
+
+    def resolve(self, result: Any) -> None:
+        """Give the caller its result."""
+        self.future.set_result(result)
+
+    def record(self, routes: Routes) -> None:
+        """Apply it without a session (not running, or reconnecting).
+
+        :raises DispatcherStopped: for a command that needs a session.
+        """
+        raise DispatcherStopped("the dispatcher is not running (not started yet, or stopped)")
+
+    def refused(self, error: BaseException, requeue: Callable[[list[Notify]], None]) -> None:
+        """The server refused it (nothing committed): fail it."""
+        self.future.set_exception(error)
+
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        """The session died under it: record it to be redone on reconnect, and resolve it."""
+        self.record(routes)
+        self.future.set_result(None)
+
+    def stopped(self, error: DispatcherStopped) -> None:
+        """The dispatcher stopped before serving it: fail it with a copy of ``error``."""
+        if not self.future.done():
+            copy = DispatcherStopped(*error.args)
+            copy.__cause__ = error.__cause__
+            self.future.set_exception(copy)
 
 
 class Listen(Command):
@@ -49,6 +124,34 @@ class Listen(Command):
         super().__init__()
         self.channel = check_channel(channel)
 
+    def statement(self, routes: Routes) -> Statement | None:
+        query = routes.listen_sql(self.channel)
+        return None if query is None else (query, None)
+
+    def apply(self, served: Served) -> Any:
+        served.routes.listen(self.channel, listening=True)
+
+    def record(self, routes: Routes) -> None:
+        routes.listen(self.channel, listening=False)
+
+
+class Subscribe(Listen):
+    """Add ``handler`` to the channel's handlers, LISTENing first if needed."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, channel: str, handler: Handler) -> None:
+        super().__init__(channel)
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self.handler = handler
+
+    def apply(self, served: Served) -> Any:
+        served.routes.subscribe(self.channel, self.handler, listening=True)
+
+    def record(self, routes: Routes) -> None:
+        routes.subscribe(self.channel, self.handler, listening=False)
+
 
 class Unlisten(Command):
     """UNLISTEN ``channel`` and drop its notifications already received."""
@@ -59,16 +162,50 @@ class Unlisten(Command):
         super().__init__()
         self.channel = check_channel(channel)
 
+    def statement(self, routes: Routes) -> Statement | None:
+        query = routes.unlisten_sql(self.channel)
+        return None if query is None else (query, None)
+
+    def apply(self, served: Served) -> Any:
+        self.record(served.routes)
+
+    def record(self, routes: Routes) -> None:
+        routes.unlisten(self.channel)
+
+
+class Unsubscribe(Command):
+    """Remove ``handler``; UNLISTEN when nothing else wants the channel."""
+
+    __slots__ = ("channel", "handler")
+
+    def __init__(self, channel: str, handler: Handler) -> None:
+        super().__init__()
+        self.channel = check_channel(channel)
+        self.handler = handler
+
+    def statement(self, routes: Routes) -> Statement | None:
+        query = routes.unsubscribe_sql(self.channel, self.handler)
+        return None if query is None else (query, None)
+
+    def apply(self, served: Served) -> Any:
+        self.record(served.routes)
+
+    def record(self, routes: Routes) -> None:
+        routes.unsubscribe(self.channel, self.handler)
+
 
 class Notify(Command):
     """``pg_notify(channel, payload)``, committed before the caller's call returns.
 
-    The dispatcher may send several queued notifies in one transaction, never two identical
-    ones (the server would fold them). ``alone`` marks one to be sent in a transaction of its
-    own: set when a shared transaction failed, so each is retried by itself.
+    The dispatcher may send several queued notifies in one transaction (a
+    :class:`NotifyBatch`), never two identical ones (the server would fold them). ``alone``
+    marks one to be sent in a transaction of its own: set when a shared transaction failed,
+    so each is retried by itself.
     """
 
     __slots__ = ("alone", "channel", "payload")
+
+    needs_session = True
 
     def __init__(self, channel: str, payload: str) -> None:
         super().__init__()
@@ -76,39 +213,72 @@ class Notify(Command):
         self.payload = check_payload(payload)
         self.alone = False
 
+    def take(self) -> bool:
+        return self.alone or super().take()  # a retry was taken once already
+
+    def statement(self, routes: Routes) -> Statement | None:
+        return _NOTIFY_SQL, (self.channel, self.payload)
+
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        self.future.set_exception(reason)  # it may or may not have committed
+
 
 class NotifyBatch(Command):
     """Queued notifies sent together in one transaction (built on the dispatcher thread)."""
 
     __slots__ = ("notifies",)
 
+    needs_session = True
+
     def __init__(self, notifies: list[Notify]) -> None:
         super().__init__()
         self.notifies = notifies
 
+    @property
+    def name(self) -> str:
+        return "notify"
 
-class Subscribe(Command):
-    """Connect ``handler`` to the channel's signal, LISTENing first if needed."""
+    def statement(self, routes: Routes) -> Statement | None:
+        channels = [notify.channel for notify in self.notifies]
+        payloads = [notify.payload for notify in self.notifies]
+        return _NOTIFY_BATCH_SQL, (channels, payloads)
 
-    __slots__ = ("channel", "handler")
+    def resolve(self, result: Any) -> None:
+        for notify in self.notifies:
+            notify.future.set_result(None)
+        self.future.set_result(None)
 
-    def __init__(self, channel: str, handler: Handler) -> None:
-        super().__init__()
-        self.channel = check_channel(channel)
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        self.handler = handler
+    def refused(self, error: BaseException, requeue: Callable[[list[Notify]], None]) -> None:
+        # Nothing of it committed; each is retried alone so one bad notify fails alone.
+        for notify in self.notifies:
+            notify.alone = True
+        requeue(self.notifies)
+
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        for notify in self.notifies:
+            notify.future.set_exception(reason)  # it may or may not have committed
+
+    def stopped(self, error: DispatcherStopped) -> None:
+        for notify in self.notifies:
+            notify.stopped(error)
 
 
-class Unsubscribe(Command):
-    """Disconnect ``handler``; UNLISTEN when nothing else wants the channel."""
+class QueueUsage(Command):
+    """``SELECT pg_notification_queue_usage()``: its result is the fraction (0.0 to 1.0)."""
 
-    __slots__ = ("channel", "handler")
+    __slots__ = ()
 
-    def __init__(self, channel: str, handler: Handler) -> None:
-        super().__init__()
-        self.channel = check_channel(channel)
-        self.handler = handler
+    needs_session = True
+
+    def statement(self, routes: Routes) -> Statement | None:
+        return _QUEUE_USAGE_SQL, None
+
+    def apply(self, served: Served) -> Any:
+        row = served.fetch_row()
+        return None if row is None else float(row[0])
+
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        self.future.set_exception(reason)
 
 
 class Heartbeat(Command):
@@ -116,8 +286,13 @@ class Heartbeat(Command):
 
     __slots__ = ()
 
+    def statement(self, routes: Routes) -> Statement | None:
+        return _HEARTBEAT_SQL, None
 
-class QueueUsage(Command):
-    """``SELECT pg_notification_queue_usage()``: its result is the fraction (0.0 to 1.0)."""
+    def apply(self, served: Served) -> Any:
+        row = served.fetch_row()
+        assert row is not None
+        served.check_heartbeat(row)  # raises for a deaf session
 
-    __slots__ = ()
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        self.future.set_result(None)  # nobody waits for it

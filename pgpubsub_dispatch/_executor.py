@@ -98,4 +98,7 @@ class ChannelWork:
                     self.backpressure = False
             if made_room:
                 self._on_room()
-            self._handle(channel, notification)
+            try:
+                self._handle(channel, notification)
+            except BaseException:
+                log.exception("delivering a notification on channel %r failed", channel)

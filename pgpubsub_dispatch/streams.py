@@ -17,16 +17,45 @@ import collections
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
+from . import _timeouts
 from ._names import check_channel
 from .errors import DispatcherStopped
 
-if TYPE_CHECKING:
-    from .dispatcher import Dispatcher
+__all__ = ["OVERFLOW_POLICIES", "NotificationStream", "StreamHost"]
 
-__all__ = ["OVERFLOW_POLICIES", "NotificationStream"]
+Handler = Callable[[Any], object]
+
+
+class StreamHost(Protocol):
+    """What a stream needs of its dispatcher: the public calls, and three internal ones.
+
+    :class:`~pgpubsub_dispatch.Dispatcher` implements it; the three underscored methods exist
+    for streams only: keeping the set of open streams (closed when the dispatcher stops), and
+    an unsubscribe that never waits (to undo a subscription whose caller gave up).
+    """
+
+    @property
+    def running(self) -> bool:
+        """Whether the dispatcher runs."""
+
+    def subscribe(self, channel: str, handler: Any, timeout: float | None = None) -> Any:
+        """As :meth:`Dispatcher.subscribe`."""
+
+    def unsubscribe(self, channel: str, handler: Handler, timeout: float | None = None) -> None:
+        """As :meth:`Dispatcher.unsubscribe`."""
+
+    def _stream_opened(self, stream: NotificationStream) -> None:
+        """Remember ``stream`` as open."""
+
+    def _stream_closed(self, stream: NotificationStream) -> None:
+        """Forget ``stream``."""
+
+    def _unsubscribe_soon(self, channel: str, handler: Handler) -> None:
+        """Unsubscribe after what is queued, without waiting; any state."""
+
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest")
 """What a full stream does with one more notification: drop its oldest, or the new one."""
@@ -38,7 +67,8 @@ class NotificationStream:
     Use it as a context manager: entering subscribes to every channel (LISTENing as needed),
     leaving unsubscribes (UNLISTENing channels nothing else wants) and ends iteration.
 
-    :param dispatcher: the :class:`~pgpubsub_dispatch.Dispatcher` to subscribe to.
+    :param dispatcher: the :class:`~pgpubsub_dispatch.Dispatcher` (any :class:`StreamHost`)
+        to subscribe to.
     :param channels: one or more exact channel names.
     :param maxsize: the most notifications kept waiting (``int`` >= 1).
     :param overflow: ``"drop_oldest"`` (default) or ``"drop_newest"``, when full.
@@ -48,7 +78,7 @@ class NotificationStream:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: StreamHost,
         channels: tuple[str, ...],
         *,
         maxsize: int = 1000,
@@ -115,13 +145,13 @@ class NotificationStream:
             raise RuntimeError("a stream is opened once")
         if not self._dispatcher.running:
             raise DispatcherStopped("a stream needs a running dispatcher: start() it first")
-        self._dispatcher._streams.add(self)
+        self._dispatcher._stream_opened(self)
         for channel in self.channels:
             try:
                 self._dispatcher.subscribe(channel, self._put, timeout=timeout)
             except BaseException:
                 # A subscribe that timed out may still happen: queue its undoing behind it.
-                self._dispatcher._unsubscribe_later(channel, self._put)
+                self._dispatcher._unsubscribe_soon(channel, self._put)
                 self.close()
                 raise
             with self._cond:
@@ -129,7 +159,7 @@ class NotificationStream:
                 if not abandoned:
                     self._subscribed.append(channel)
             if abandoned:
-                self._dispatcher._unsubscribe_later(channel, self._put)
+                self._dispatcher._unsubscribe_soon(channel, self._put)
                 break
         return self
 
@@ -147,12 +177,12 @@ class NotificationStream:
             waiters, self._async_waiters = self._async_waiters, []
             subscribed, self._subscribed = self._subscribed, []
         _wake_all(waiters)
-        self._dispatcher._streams.discard(self)
+        self._dispatcher._stream_closed(self)
         for channel in subscribed:
             try:
                 self._dispatcher.unsubscribe(channel, self._put)
-            except Exception:  # stopped or stopping: its handler goes with it anyway
-                self._dispatcher._disconnect(channel, self._put)
+            except Exception:  # stopping: its subscription must go all the same
+                self._dispatcher._unsubscribe_soon(channel, self._put)
 
     @property
     def closed(self) -> bool:
@@ -196,7 +226,9 @@ class NotificationStream:
         :returns: a notification (``channel``, ``payload``, ``pid``).
         :raises queue.Empty: if none arrived within ``timeout``, or the stream is closed
             and empty.
+        :raises ValueError: if ``timeout`` is negative or NaN.
         """
+        timeout = _timeouts.check_timeout(timeout)
         with self._cond:
             self._cond.wait_for(lambda: self._items or self._closed, timeout)
             if self._items:

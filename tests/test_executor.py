@@ -98,9 +98,10 @@ def test_backpressure_drops_nothing_and_still_serves_commands(
                 cur.execute("SELECT pg_notify(%s, %s)", (channel, str(i)))
             cur.execute("COMMIT")
         deadline = time.monotonic() + BOUND
-        while not bus._work.backpressure and time.monotonic() < deadline:
+        while not bus.stats().backpressure and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert bus._work.backpressure and bus._work.pending <= 5
+        stats = bus.stats()
+        assert stats.backpressure and stats.pending <= 5
         bus.notify(other, "commands still work", timeout=BOUND)
         release.set()
         assert done.wait(BOUND)

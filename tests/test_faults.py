@@ -6,6 +6,7 @@ Each test measures what it proves (detection and recovery times) and prints it, 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -272,3 +273,35 @@ def test_failover_past_a_host_that_never_answers(stopped_after: Any) -> None:
         print(f"\nfailover past a silent host: connected in {took:.2f} s (connect_timeout=2)")
         assert 1.5 < took < 4
         assert_delivered(server.dsn, channel, "via the second host", got)
+
+
+def _keepalive_timer_seconds(bus: Dispatcher, sender: Any) -> float | None:
+    """Seconds left on the keepalive timer of the dispatcher's TCP socket (``None``: off).
+
+    The server tells the client's port of the session; the kernel's /proc/net/tcp tells the
+    timer of the socket with that local port (timer 2 is the keepalive timer).
+    """
+    with sender.cursor() as cur:
+        cur.execute("SELECT client_port FROM pg_stat_activity WHERE pid = %s", (bus.backend_pid,))
+        (port,) = cur.fetchone()
+    assert port is not None and port > 0, "these tests need a TCP server"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as table:
+            for line in list(table)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    timer, when = fields[5].split(":")
+                    return int(when, 16) / os.sysconf("SC_CLK_TCK") if timer == "02" else None
+    raise AssertionError(f"no socket with local port {port}")
+
+
+def test_keepalives_are_on_by_default_and_user_values_win(private_server: PrivateServer) -> None:
+    dsn, sender = private_server.dsn, connect(private_server.dsn)  # TCP: keepalives apply
+    with Dispatcher(dsn) as bus:
+        default = _keepalive_timer_seconds(bus, sender)
+        assert default is not None and 0 < default <= 10  # keepalives_idle=10 by default
+    with Dispatcher(dsn, keepalives_idle=99) as mine:
+        own = _keepalive_timer_seconds(mine, sender)
+        assert own is not None and 10 < own <= 99
+    with Dispatcher(dsn, keepalives=0) as off:
+        assert _keepalive_timer_seconds(off, sender) is None

@@ -1,0 +1,205 @@
+"""Delivery: calling the handlers of received notifications, on the dispatcher thread or on an
+executor, each call isolated so that one handler's exception never reaches another.
+
+Threads: :meth:`Delivery.run` and :meth:`Delivery.forget` run on the dispatcher thread (or in
+a caller's thread while the dispatcher is not running, when there is nothing pending);
+:meth:`Delivery.call_all` runs on the dispatcher thread or, with an executor, on the
+executor's threads. ``pending`` belongs to the dispatcher thread. Lifecycle signals are sent
+by :func:`send_signal` on whichever thread has something to tell (``handler_error``: the
+thread that ran the handler).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import blinker
+
+from . import signals
+from ._executor import ChannelWork
+from ._routing import Handler, Routes, SignalReceivers
+from ._stats import Counters
+
+__all__ = ["Delivery", "send_signal"]
+
+log = logging.getLogger("pgpubsub_dispatch")
+
+
+class Delivery:
+    """Pending notifications and the calling of their handlers.
+
+    :param sender: the dispatcher, sender of ``handler_error``.
+    :param routes: the routing table.
+    :param counters: where to count.
+    :param executor: where to run handlers, or ``None`` for the dispatcher thread.
+    :param max_pending: with an executor, the most notifications waiting for it.
+    :param wake: wakes the dispatcher thread (an executor made room after backpressure).
+    """
+
+    def __init__(
+        self,
+        sender: object,
+        routes: Routes,
+        counters: Counters,
+        executor: Executor | None,
+        max_pending: int,
+        wake: Callable[[], None],
+    ) -> None:
+        self._sender = sender
+        self._routes = routes
+        self._counters = counters
+        self.pending: collections.deque[Any] = collections.deque()
+        """Notifications received and not yet handed to handlers (dispatcher thread)."""
+        self.work = (
+            None
+            if executor is None
+            else ChannelWork(executor, max_pending, self._call_on_executor, wake)
+        )
+        self._running = False  # run() is never re-entered (a handler's in-place call)
+
+    @property
+    def backpressure(self) -> bool:
+        """Whether the executor is full: read nothing more from the server for now."""
+        return self.work is not None and self.work.backpressure
+
+    @property
+    def waiting_for_executor(self) -> int:
+        """Notifications handed to the executor and not yet handled."""
+        return 0 if self.work is None else self.work.pending
+
+    def run(self, halted: Callable[[], bool]) -> None:
+        """Deliver every pending notification in arrival order, until ``halted()``.
+
+        The hot path. A run of notifications on one channel reuses its handler tuple until
+        the routing table changes. A notification whose channel has no handler is dropped.
+        """
+        if self._running:
+            return
+        self._running = True
+        try:
+            if self.work is None:
+                self._run_inline(halted)
+            else:
+                self._hand_off(self.work, halted)
+        finally:
+            self._running = False
+
+    def _run_inline(self, halted: Callable[[], bool]) -> None:
+        routes, pending, call_all = self._routes, self.pending, self.call_all
+        popleft = pending.popleft
+        dispatched = dropped = 0
+        channel: str | None = None
+        handlers: tuple[Handler | SignalReceivers, ...] = ()
+        version = -1
+        try:
+            while pending and not halted():
+                notification = popleft()
+                if notification.channel != channel or routes.version != version:
+                    channel, version = notification.channel, routes.version
+                    handlers = routes.table.get(channel, ())
+                if not handlers:
+                    dropped += 1
+                    continue
+                dispatched += 1
+                call_all(handlers, notification, version)
+        finally:
+            self._counters.dispatched += dispatched
+            self._counters.dropped += dropped
+
+    def _hand_off(self, work: ChannelWork, halted: Callable[[], bool]) -> None:
+        table, pending = self._routes.table, self.pending
+        dispatched = dropped = 0
+        try:
+            while pending and not halted():
+                notification = pending.popleft()
+                if notification.channel not in table:
+                    dropped += 1
+                elif work.hand_off(notification):
+                    dispatched += 1
+                else:
+                    pending.appendleft(notification)  # backpressure: resume when drained
+                    break
+                table = self._routes.table
+        finally:
+            self._counters.dispatched += dispatched
+            self._counters.dropped += dropped
+
+    def _call_on_executor(self, channel: str, notification: Any) -> None:
+        routes = self._routes
+        version = routes.version
+        self.call_all(routes.table.get(channel, ()), notification, version)
+
+    def call_all(
+        self,
+        handlers: tuple[Handler | SignalReceivers, ...],
+        notification: Any,
+        version: int,
+    ) -> None:
+        """Call each of ``handlers`` with ``notification``, in order, each isolated.
+
+        Any exception a handler raises (``BaseException`` included: a handler never ends the
+        dispatcher or an executor's channel) is logged and sent as ``handler_error``. When a
+        call changes the routing (an in-place ``unsubscribe`` or ``unlisten``), the handlers
+        after it are called only if still routed for the channel.
+        """
+        routes = self._routes
+        for handler in handlers:
+            if routes.version != version and not _still_routed(routes, notification, handler):
+                continue
+            if handler.__class__ is SignalReceivers:
+                for receiver in tuple(handler(notification)):
+                    self._call_one(receiver, notification)
+            else:
+                self._call_one(handler, notification)
+
+    def _call_one(self, handler: Handler, notification: Any) -> None:
+        try:
+            handler(notification)
+        except BaseException as error:
+            self._counters.count_handler_error()
+            log.error(
+                "handler %r raised on channel %r",
+                handler,
+                notification.channel,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+            send_signal(
+                signals.handler_error,
+                self._sender,
+                handler=handler,
+                notification=notification,
+                error=error,
+            )
+
+    def forget(self, channel: str) -> None:
+        """``channel`` stopped being routed: drop what waits for it, pending or queued."""
+        dropped = 0 if self.work is None else self.work.drop(channel)
+        pending = self.pending
+        if pending and any(n.channel == channel for n in pending):
+            kept = [n for n in pending if n.channel != channel]
+            dropped += len(pending) - len(kept)
+            pending.clear()
+            pending.extend(kept)
+        self._counters.dropped += dropped
+
+    def drop_pending(self) -> None:
+        """Count every pending notification as dropped and forget them (stopping)."""
+        self._counters.dropped += len(self.pending)
+        self.pending.clear()
+
+
+def _still_routed(routes: Routes, notification: Any, handler: Handler | SignalReceivers) -> bool:
+    return handler in routes.table.get(notification.channel, ())
+
+
+def send_signal(signal: blinker.Signal, sender: object, **kwargs: Any) -> None:
+    """Send a lifecycle signal; a receiver that raises is logged and never stops the caller."""
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception:
+            log.exception("receiver %r of a lifecycle signal raised", receiver)

@@ -1,0 +1,191 @@
+"""One server session: the psycopg2 connection in asynchronous mode and the statement in flight.
+
+Dispatcher thread only. The connection is opened with ``async_=True``: a statement is sent,
+then :meth:`Session.poll` is called each time the socket is ready, so no call ever blocks the
+thread and every wait has a deadline (libpq's asynchronous command processing). After every
+poll, notifications the connection has read are taken into the caller's queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from . import _timeouts
+from ._commands import Command, Statement
+from ._connection import describe_target
+from ._options import Options
+from ._waiting import Waker, wait
+
+__all__ = ["POLL_OK", "POLL_READ", "POLL_WRITE", "Session"]
+
+log = logging.getLogger("pgpubsub_dispatch")
+
+POLL_OK = psycopg2.extensions.POLL_OK
+POLL_READ = psycopg2.extensions.POLL_READ
+POLL_WRITE = psycopg2.extensions.POLL_WRITE
+
+
+class Session:
+    """An open session; see :meth:`open`.
+
+    :param conn: a connection made with ``async_=True`` that has finished connecting.
+    """
+
+    def __init__(self, conn: psycopg2.extensions.connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.backend_pid: int = conn.get_backend_pid()
+        self.inflight: Command | None = None
+        """The command whose statement is on its way, or ``None``."""
+        self.inflight_deadline: float | None = None
+        """Monotonic instant by which the statement in flight must have progressed."""
+        self.waits_for = POLL_OK
+        """What the statement in flight waits for: ``POLL_READ`` or ``POLL_WRITE``."""
+        self._cursor: psycopg2.extensions.cursor | None = None
+
+    @classmethod
+    def open(
+        cls,
+        options: Options,
+        waker: Waker,
+        deadline: float | None,
+        between_waits: Callable[[], None],
+    ) -> Session:
+        """Connect to the first host that answers, each within its ``connect_timeout``.
+
+        :param between_waits: called after every wake-up (may raise to abandon the attempt).
+        :raises psycopg2.Error, TimeoutError: the last host's error when none answers.
+        """
+        last_error: Exception | None = None
+        for dsn, kwargs in options.alternatives:
+            attempt = _timeouts.deadline(options.attempt_seconds)
+            assert attempt is not None
+            if deadline is not None and deadline < attempt:
+                attempt = deadline
+            conn: psycopg2.extensions.connection | None = None
+            try:
+                conn = psycopg2.connect(dsn, async_=True, **kwargs)
+                _poll_until_ok(conn, waker, attempt, "connecting", between_waits)
+                return cls(conn)
+            except (psycopg2.Error, TimeoutError) as exc:
+                if conn is not None:
+                    _close(conn)
+                last_error = exc
+                if len(options.alternatives) > 1:
+                    log.info(
+                        "host %s failed: %s",
+                        describe_target(dsn, kwargs),
+                        options.secrets.redact(one_line(exc)),
+                    )
+                if _timeouts.remaining(deadline) == 0.0:
+                    break
+        assert last_error is not None
+        raise last_error
+
+    def send(self, command: Command, statement: Statement, deadline: float | None) -> None:
+        """Send ``statement`` for ``command`` without waiting; it is in flight from here.
+
+        :raises psycopg2.Error: if it cannot be sent (the connection may be closed).
+        :raises Exception: what psycopg2 raises for parameters it cannot adapt.
+        """
+        self.waits_for = POLL_WRITE  # until the first poll() says otherwise
+        # psycopg2 needs the cursor alive until the statement's result has been polled.
+        cursor = self.conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        cursor.execute(*statement)
+        self._cursor = cursor
+        self.inflight = command
+        self.inflight_deadline = deadline
+
+    def execute_now(self, statement: Statement, waker: Waker, deadline: float | None) -> None:
+        """Run ``statement`` to completion outside the command flow (``UNLISTEN *``, LISTENs).
+
+        :raises psycopg2.Error, TimeoutError: if it fails or ``deadline`` passes.
+        """
+        self._cursor = self.conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        self._cursor.execute(*statement)
+        _poll_until_ok(self.conn, waker, deadline, "running " + str(statement[0])[:40], None)
+
+    def poll(self) -> int:
+        """Advance the connection; return libpq's state (``POLL_OK`` when idle).
+
+        :raises psycopg2.Error: what the server or the connection reported.
+        """
+        state: int = self.conn.poll()
+        self.waits_for = state
+        return state
+
+    def take_notifies(self, into: collections.deque[Any]) -> int:
+        """Move the notifications read so far to ``into``; return how many."""
+        notifies = self.conn.notifies
+        if not notifies:
+            return 0
+        count = len(notifies)
+        into.extend(notifies)
+        notifies.clear()
+        return count
+
+    def fetch_row(self) -> tuple[Any, ...] | None:
+        """The first row of the last statement's result (``None`` if it returned none)."""
+        assert self._cursor is not None
+        row: tuple[Any, ...] | None = self._cursor.fetchone()
+        return row
+
+    def finish(self) -> Command | None:
+        """Mark the statement in flight done; return its command."""
+        command, self.inflight = self.inflight, None
+        return command
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (by us, or found broken by psycopg2)."""
+        return bool(self.conn.closed)
+
+    def close(self) -> None:
+        """Close the connection (ending its LISTENs); never raises."""
+        self._cursor = None
+        _close(self.conn)
+
+
+def _poll_until_ok(
+    conn: psycopg2.extensions.connection,
+    waker: Waker,
+    deadline: float | None,
+    doing: str,
+    between_waits: Callable[[], None] | None,
+) -> None:
+    """Poll ``conn`` until it is idle, waking for the waker too (to honour ``stop()``)."""
+    started = time.monotonic()
+    state = conn.poll()
+    while state != POLL_OK:
+        if _timeouts.remaining(deadline) == 0.0:
+            raise TimeoutError(f"no answer in {time.monotonic() - started:.1f} s while {doing}")
+        fd = conn.fileno()
+        timeout = _timeouts.seconds_until(deadline)
+        if state == POLL_READ:
+            wait([fd, waker.fileno()], [], timeout)
+        else:
+            wait([waker.fileno()], [fd], timeout)
+        waker.drain()
+        if between_waits is not None:
+            between_waits()
+        state = conn.poll()
+
+
+def _close(conn: psycopg2.extensions.connection) -> None:
+    try:
+        conn.close()
+    except Exception as exc:  # pragma: no cover - close() on a broken socket
+        log.debug("closing the connection failed: %s", exc)
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` of ``error`` on one line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,75 @@
+"""Counters of a dispatcher's life, and the :class:`DispatcherStats` snapshot made from them.
+
+Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``, ``dropped``,
+``reconnects`` and ``last_error``; ``handler_errors`` is written by whichever thread ran the
+handler (the dispatcher thread or an executor's), so only under ``Counters.lock``. Any thread
+reads them (each is one ``int`` or ``str`` reference, read whole).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+__all__ = ["Counters", "DispatcherStats"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatcherStats:
+    """A snapshot of a dispatcher's counters, from :meth:`Dispatcher.stats`.
+
+    Counters cover the dispatcher's whole life (all starts), in notifications unless noted.
+
+    Attributes:
+        received: notifications read from the server.
+        dispatched: notifications handed to the handlers of a listened channel.
+        dropped: notifications discarded because their channel had no route (no handlers, or
+            unlistened before they were dispatched), or received when ``stop()`` came.
+        handler_errors: exceptions raised by handlers.
+        reconnects: successful reconnections.
+        last_error: text of the last connection error (passwords masked), or ``None``.
+        backend_pid: pid of the current server session, ``None`` when not connected.
+        queue_usage: the server's notification queue use (0.0 to 1.0) at the last heartbeat,
+            ``None`` before the first.
+        held: ``notify`` and ``queue_usage`` calls waiting for a session (while reconnecting).
+        pending: notifications waiting for the executor (``executor=`` only; else 0).
+        backpressure: ``True`` while ``max_pending`` is reached and the dispatcher reads
+            nothing from the server until handlers catch up.
+    """
+
+    received: int
+    dispatched: int
+    dropped: int
+    handler_errors: int
+    reconnects: int
+    last_error: str | None
+    backend_pid: int | None
+    queue_usage: float | None
+    held: int = 0
+    pending: int = 0
+    backpressure: bool = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether a session was up when the snapshot was taken (``bool``)."""
+        return self.backend_pid is not None
+
+
+class Counters:
+    """The running counts behind :class:`DispatcherStats` (see the module's thread contract)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        """Guards ``handler_errors``."""
+        self.received = 0
+        self.dispatched = 0
+        self.dropped = 0
+        self.handler_errors = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.queue_usage: float | None = None
+
+    def count_handler_error(self) -> None:
+        """One more handler exception (any thread)."""
+        with self.lock:
+            self.handler_errors += 1
