@@ -4,8 +4,8 @@ Thread contract: ``state``, ``thread``, ``waker`` and ``stop_requested`` change 
 ``Control.lock`` (any thread reads them: each is one reference, read whole). ``queue`` is a
 :class:`collections.deque`, whose appends and pops are thread-safe: callers append under
 ``lock`` (so that checking ``state`` and queueing are one step), the dispatcher thread pops.
-``loop_ident``, ``backend_pid`` and ``last_exception`` are written by the dispatcher thread
-only (and reset under ``lock`` when it ends).
+``loop_ident``, ``backend_pid``, ``last_exception`` and ``lost`` are written by the dispatcher
+thread only (and reset under ``lock`` when it ends).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ class Control:
         self.loop_ident: int | None = None
         self.backend_pid: int | None = None
         self.last_exception: BaseException | None = None
+        self.lost: BaseException | None = None
+        """The session was lost during a handler's in-place call: the loop reconnects once the
+        handler returns (a ``_loop.ConnectionLost``)."""
 
     def on_loop_thread(self) -> bool:
         """Whether the calling thread is the dispatcher thread."""
@@ -59,6 +62,7 @@ class Control:
         self.loop_ident = None
         self.backend_pid = None
         self.stop_requested = False
+        self.lost = None
         if self.waker is not None:
             self.waker.close()
             self.waker = None

@@ -20,8 +20,9 @@ from typing import Any
 import blinker
 
 from . import signals
+from ._control import Control
 from ._executor import ChannelWork
-from ._routing import Handler, Routes, SignalReceivers
+from ._routing import Handler, Routes
 from ._stats import Counters
 
 __all__ = ["Delivery", "send_signal"]
@@ -60,6 +61,7 @@ class Delivery:
             else ChannelWork(executor, max_pending, self._call_on_executor, wake)
         )
         self._running = False  # run() is never re-entered (a handler's in-place call)
+        routes.call_one = self.call_one
 
     @property
     def backpressure(self) -> bool:
@@ -71,32 +73,33 @@ class Delivery:
         """Notifications handed to the executor and not yet handled."""
         return 0 if self.work is None else self.work.pending
 
-    def run(self, halted: Callable[[], bool]) -> None:
-        """Deliver every pending notification in arrival order, until ``halted()``.
+    def run(self, control: Control) -> None:
+        """Deliver every pending notification in arrival order, until ``control`` halts.
 
         The hot path. A run of notifications on one channel reuses its handler tuple until
         the routing table changes. A notification whose channel has no handler is dropped.
+        Delivery halts when ``stop()`` is requested or the session was lost in place.
         """
         if self._running:
             return
         self._running = True
         try:
             if self.work is None:
-                self._run_inline(halted)
+                self._run_inline(control)
             else:
-                self._hand_off(self.work, halted)
+                self._hand_off(self.work, control)
         finally:
             self._running = False
 
-    def _run_inline(self, halted: Callable[[], bool]) -> None:
+    def _run_inline(self, control: Control) -> None:
         routes, pending, call_all = self._routes, self.pending, self.call_all
         popleft = pending.popleft
         dispatched = dropped = 0
         channel: str | None = None
-        handlers: tuple[Handler | SignalReceivers, ...] = ()
+        handlers: tuple[Handler, ...] = ()
         version = -1
         try:
-            while pending and not halted():
+            while pending and not control.stop_requested and control.lost is None:
                 notification = popleft()
                 if notification.channel != channel or routes.version != version:
                     channel, version = notification.channel, routes.version
@@ -110,20 +113,19 @@ class Delivery:
             self._counters.dispatched += dispatched
             self._counters.dropped += dropped
 
-    def _hand_off(self, work: ChannelWork, halted: Callable[[], bool]) -> None:
-        table, pending = self._routes.table, self.pending
+    def _hand_off(self, work: ChannelWork, control: Control) -> None:
+        routes, pending = self._routes, self.pending
         dispatched = dropped = 0
         try:
-            while pending and not halted():
+            while pending and not control.stop_requested and control.lost is None:
                 notification = pending.popleft()
-                if notification.channel not in table:
+                if notification.channel not in routes.table:
                     dropped += 1
                 elif work.hand_off(notification):
                     dispatched += 1
                 else:
                     pending.appendleft(notification)  # backpressure: resume when drained
                     break
-                table = self._routes.table
         finally:
             self._counters.dispatched += dispatched
             self._counters.dropped += dropped
@@ -133,12 +135,7 @@ class Delivery:
         version = routes.version
         self.call_all(routes.table.get(channel, ()), notification, version)
 
-    def call_all(
-        self,
-        handlers: tuple[Handler | SignalReceivers, ...],
-        notification: Any,
-        version: int,
-    ) -> None:
+    def call_all(self, handlers: tuple[Handler, ...], notification: Any, version: int) -> None:
         """Call each of ``handlers`` with ``notification``, in order, each isolated.
 
         Any exception a handler raises (``BaseException`` included: a handler never ends the
@@ -148,32 +145,37 @@ class Delivery:
         """
         routes = self._routes
         for handler in handlers:
-            if routes.version != version and not _still_routed(routes, notification, handler):
+            if routes.version != version and handler not in routes.table.get(
+                notification.channel, ()
+            ):
                 continue
-            if handler.__class__ is SignalReceivers:
-                for receiver in tuple(handler(notification)):
-                    self._call_one(receiver, notification)
-            else:
-                self._call_one(handler, notification)
+            try:
+                handler(notification)
+            except BaseException as error:
+                self._report(handler, notification, error)
 
-    def _call_one(self, handler: Handler, notification: Any) -> None:
+    def call_one(self, handler: Handler, notification: Any) -> None:
+        """Call one handler, isolated (see :meth:`call_all`)."""
         try:
             handler(notification)
         except BaseException as error:
-            self._counters.count_handler_error()
-            log.error(
-                "handler %r raised on channel %r",
-                handler,
-                notification.channel,
-                exc_info=(type(error), error, error.__traceback__),
-            )
-            send_signal(
-                signals.handler_error,
-                self._sender,
-                handler=handler,
-                notification=notification,
-                error=error,
-            )
+            self._report(handler, notification, error)
+
+    def _report(self, handler: Handler, notification: Any, error: BaseException) -> None:
+        self._counters.count_handler_error()
+        log.error(
+            "handler %r raised on channel %r",
+            handler,
+            notification.channel,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        send_signal(
+            signals.handler_error,
+            self._sender,
+            handler=handler,
+            notification=notification,
+            error=error,
+        )
 
     def forget(self, channel: str) -> None:
         """``channel`` stopped being routed: drop what waits for it, pending or queued."""
@@ -190,10 +192,6 @@ class Delivery:
         """Count every pending notification as dropped and forget them (stopping)."""
         self._counters.dropped += len(self.pending)
         self.pending.clear()
-
-
-def _still_routed(routes: Routes, notification: Any, handler: Handler | SignalReceivers) -> bool:
-    return handler in routes.table.get(notification.channel, ())
 
 
 def send_signal(signal: blinker.Signal, sender: object, **kwargs: Any) -> None:

@@ -88,8 +88,6 @@ class Loop:
         self.session: Session | None = None
         self.held: collections.deque[Command] = collections.deque()
         """Commands that need a session, waiting for one (reconnecting)."""
-        self.lost: ConnectionLost | None = None
-        """Noticed inside a handler's in-place call; the loop reconnects once it returns."""
         self._next_heartbeat = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -332,12 +330,8 @@ class Loop:
 
     # ------------------------------------------------------------------ serving
 
-    def halted(self) -> bool:
-        """Stop delivering: ``stop()`` was called, or the session was lost in place."""
-        return self._control.stop_requested or self.lost is not None
-
     def _deliver(self) -> None:
-        self.delivery.run(self.halted)
+        self.delivery.run(self._control)
 
     def _serve(self) -> None:
         """Run commands and deliver notifications until stop().
@@ -350,8 +344,8 @@ class Loop:
         conn_fd, wake_fd = session.fd, waker.fileno()
         grace: float | None = None  # for a command in flight when stop() came
         while True:
-            if self.lost is not None:  # noticed by a handler's in-place call
-                lost, self.lost = self.lost, None
+            if control.lost is not None:  # noticed by a handler's in-place call
+                lost, control.lost = control.lost, None
                 raise lost
             if control.stop_requested:
                 if session.inflight is None:
@@ -366,7 +360,7 @@ class Loop:
                     self._heartbeat_if_due()
             if session.inflight is None:
                 self._deliver()
-                if control.stop_requested or self.lost is not None or control.queue:
+                if control.stop_requested or control.lost is not None or control.queue:
                     continue  # stop, reconnect, or serve what a handler queued
                 waker.disarm()  # idle from here: callers must write to wake us
                 if control.queue:
@@ -427,7 +421,7 @@ class Loop:
         """Take queued commands until one needs the server (or the queue is empty)."""
         queue, session = self._control.queue, self.session
         assert session is not None
-        while queue and session.inflight is None and self.lost is None:
+        while queue and session.inflight is None and self._control.lost is None:
             command = queue.popleft()
             if command.take():
                 if type(command) is Notify and not command.alone:
@@ -575,7 +569,7 @@ class Loop:
         control = self._control
         if control.state is not State.RUNNING or control.stop_requested:
             raise DispatcherStopped("the dispatcher is stopping")
-        if self.session is None or self.lost is not None:  # reconnecting
+        if self.session is None or control.lost is not None:  # reconnecting
             if command.needs_session:
                 raise NotConnected(f"not connected: reconnecting ({self._counters.last_error})")
             command.record(self.routes)
@@ -587,7 +581,7 @@ class Loop:
             self._begin(command)
             self._wait_in_place(command, deadline)
         except ConnectionLost as lost:
-            self.lost = lost  # the loop reconnects once the handler returns
+            control.lost = lost  # the loop reconnects once the handler returns
             if command.needs_session:
                 raise NotConnected(f"the connection was lost: {lost.reason}") from lost.reason
             command.interrupted(lost.reason, self.routes)

@@ -13,7 +13,7 @@ order is undefined); receivers connected straight to ``signal(channel)`` are cal
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import blinker
@@ -26,12 +26,17 @@ Handler = Callable[[Any], object]
 
 
 class SignalReceivers:
-    """Stands in a channel's handler tuple for the receivers of its blinker signal."""
+    """Stands in a channel's handler tuple for the receivers of its blinker signal.
 
-    __slots__ = ("signal",)
+    Calling it calls each live receiver (weak ones that died are skipped) through
+    ``call_one``, which isolates each call, so it is one more handler to whoever calls it.
+    """
 
-    def __init__(self, signal: blinker.Signal) -> None:
+    __slots__ = ("call_one", "signal")
+
+    def __init__(self, signal: blinker.Signal, call_one: Callable[[Handler, Any], None]) -> None:
         self.signal = signal
+        self.call_one = call_one
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SignalReceivers) and other.signal is self.signal
@@ -39,9 +44,9 @@ class SignalReceivers:
     def __hash__(self) -> int:
         return id(self.signal)
 
-    def __call__(self, notification: Any) -> Iterator[Handler]:
-        """Yield the signal's live receivers for ``notification`` (weak ones that died skipped)."""
-        return self.signal.receivers_for(notification)
+    def __call__(self, notification: Any) -> None:
+        for receiver in tuple(self.signal.receivers_for(notification)):
+            self.call_one(receiver, notification)
 
 
 class Routes:
@@ -55,12 +60,15 @@ class Routes:
         self._listening: set[str] = set()  # LISTENed on the current (or last) session
         self.wanted: frozenset[str] = frozenset()
         """Channels to LISTEN to: explicit ones and subscribed ones (published snapshot)."""
-        self.table: Mapping[str, tuple[Handler | SignalReceivers, ...]] = {}
-        """Channel -> what to call, for channels LISTENed now (published snapshot)."""
+        self.table: Mapping[str, tuple[Handler, ...]] = {}
+        """Channel -> handlers to call in order (a signal's receivers last, as one
+        :class:`SignalReceivers`), for channels LISTENed now (published snapshot)."""
         self.version = 0
         """Bumped by every change of :attr:`table`."""
         self.on_unroute: Callable[[str], None] = _ignore
         """Called (inside the lock) with a channel that stops being routed."""
+        self.call_one: Callable[[Handler, Any], None] = _call_plainly
+        """How a signal's receivers are called (set by delivery, which isolates them)."""
 
     # ---------------------------------------------------------------- reading
 
@@ -177,10 +185,10 @@ class Routes:
         """Publish a new table: ``channel``'s entry redone, or every entry for ``None``."""
         table = dict(self.table) if channel is not None else {}
         for name in self._listening if channel is None else (channel,):
-            handlers: tuple[Handler | SignalReceivers, ...] = self._subscribed.get(name, ())
+            handlers: tuple[Handler, ...] = self._subscribed.get(name, ())
             signal = self._signals.get(name)
             if signal is not None and signal.receivers:
-                handlers = (*handlers, SignalReceivers(signal))
+                handlers = (*handlers, SignalReceivers(signal, self.call_one))
             if handlers and name in self._listening:
                 table[name] = handlers
             else:
@@ -191,6 +199,10 @@ class Routes:
 
 def _ignore(_channel: str) -> None:
     pass
+
+
+def _call_plainly(handler: Handler, notification: Any) -> None:
+    handler(notification)
 
 
 def _on_receivers_change(routes: Routes, channel: str) -> Callable[..., None]:
