@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psycopg2.extensions
 import pytest
 
-from .conftest import send
-from .test_examples import STARTUP_BOUND, Program, example_env, unique, wrong_database
+from .support.notifying import send
+from .support.programs import STARTUP_BOUND, Program, example_env, unique, wrong_database
 
 Conn = psycopg2.extensions.connection
 

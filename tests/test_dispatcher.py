@@ -6,8 +6,6 @@ import gc
 import logging
 import os
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -17,63 +15,9 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, DispatcherStopped, InvalidChannelName, PayloadTooLarge
 
-from .conftest import BOUND, Collector, send
-
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def bus(dsn: str) -> Iterator[Dispatcher]:
-    dispatcher = Dispatcher(dsn)
-    dispatcher.start(timeout=BOUND)
-    yield dispatcher
-    dispatcher.stop(timeout=BOUND)
-    assert not dispatcher.running
-
-
-def dispatcher_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("pgpubsub-dispatch-")]
-
-
-def session_state(sender: psycopg2.extensions.connection, pid: int) -> str | None:
-    with sender.cursor() as cur:
-        cur.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,))
-        row = cur.fetchone()
-    return None if row is None else str(row[0])
-
-
-class Listener:
-    """A raw psycopg2 LISTENing session, to see what the dispatcher sends."""
-
-    def __init__(self, dsn: str, *channels: str) -> None:
-        import select
-
-        self._select = select.select
-        self.conn = psycopg2.connect(dsn)
-        self.conn.autocommit = True
-        with self.conn.cursor() as cur:
-            for channel in channels:
-                cur.execute(psycopg2.sql.SQL("LISTEN {}").format(psycopg2.sql.Identifier(channel)))
-
-    def receive(self, count: int, timeout: float = BOUND) -> list[Any]:
-        import time
-
-        deadline = time.monotonic() + timeout
-        got: list[Any] = []
-        while len(got) < count:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"expected {count} notifications, got {got!r}"
-            self._select([self.conn], [], [], remaining)
-            self.conn.poll()
-            got.extend(self.conn.notifies)
-            self.conn.notifies.clear()
-        return got
-
-    def close(self) -> None:
-        self.conn.close()
-
+from .support.dispatching import Listener, dispatcher_threads, session_state, unique
+from .support.notifying import Collector, send
+from .support.waiting import BOUND
 
 # --------------------------------------------------------------------------- lifecycle
 

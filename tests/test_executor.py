@@ -13,7 +13,8 @@ import pytest
 
 from pgpubsub_dispatch import Dispatcher
 
-from .conftest import BOUND, Collector, send
+from .support.notifying import Collector, send
+from .support.waiting import BOUND
 
 
 def unique(prefix: str = "x") -> str:

@@ -1,4 +1,4 @@
-"""Proof that the fault-injection tools of ``tests/faults.py`` really break what they claim to.
+"""Proof that the fault tools (``tests/support/servers.py``, ``proxy.py``) really break things.
 
 Plain psycopg2 against real, private PostgreSQL servers: no pgpubsub_dispatch code here.
 """
@@ -17,15 +17,9 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from .conftest import BOUND
-from .faults import (  # noqa: F401
-    PrivateServer,
-    TcpProxy,
-    embedded_bin_dir,
-    private_server_fixture,
-    server_proxy_fixture,
-    system_bin_dirs,
-)
+from .support.proxy import TcpProxy
+from .support.servers import PrivateServer, embedded_bin_dir, system_bin_dirs
+from .support.waiting import BOUND
 
 NO_REPLY = 0.5
 """Seconds to watch a connection to show that no reply arrives (a negative needs some wait)."""

@@ -19,39 +19,13 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, NotConnected
 
-from .conftest import BOUND, Collector, send
+from .support.dispatching import Lifecycle
+from .support.notifying import Collector, send
+from .support.waiting import BOUND
 
 
 def unique(prefix: str = "r") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-class Lifecycle:
-    """Records connected / disconnected / reconnected of one dispatcher, waitable."""
-
-    def __init__(self, bus: Dispatcher) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._cond = threading.Condition()
-        for name in ("connected", "disconnected", "reconnected"):
-            getattr(pg, name).connect(self._recorder(name), sender=bus, weak=False)
-
-    def _recorder(self, name: str) -> Any:
-        def record(sender: Any, **kwargs: Any) -> None:
-            with self._cond:
-                self.events.append((name, kwargs))
-                self._cond.notify_all()
-
-        return record
-
-    def count(self, name: str) -> int:
-        with self._cond:
-            return sum(1 for event, _ in self.events if event == name)
-
-    def wait_for(self, name: str, count: int, timeout: float = BOUND) -> dict[str, Any]:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.count(name) >= count, timeout)
-            assert ok, f"no {count}x {name} within {timeout}s: {self.events!r}"
-            return [kw for event, kw in self.events if event == name][count - 1]
 
 
 def terminate(sender: Any, pid: int | None) -> None:
