@@ -13,9 +13,9 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, DispatcherStopped
 
-from .support.dispatching import dispatcher_threads, session_state, unique
+from .support.dispatching import dispatcher_threads, session_state, sessions_named, unique
 from .support.notifying import Collector, send
-from .support.waiting import BOUND
+from .support.waiting import BOUND, wait_until
 
 
 def test_start_returns_only_when_listening(dsn: str, sender: Any, collector: Collector) -> None:
@@ -61,8 +61,19 @@ def test_running_backend_pid_and_channels_properties(dsn: str) -> None:
     assert not bus.running and bus.backend_pid is None
 
 
-def test_stop_before_start_is_a_no_op(dsn: str) -> None:
-    Dispatcher(dsn).stop()
+def test_stop_before_start_is_a_no_op(dsn: str, sender: Any) -> None:
+    channel, app_name = unique(), unique("app")
+    threads_before = len(dispatcher_threads())
+    bus = Dispatcher(dsn, application_name=app_name)
+    bus.listen(channel)  # recorded for the next start
+    bus.stop(timeout=BOUND)
+    assert not bus.running and bus.backend_pid is None
+    assert bus.channels == frozenset({channel})
+    assert len(dispatcher_threads()) == threads_before
+    assert sessions_named(sender, app_name) == []
+    with bus:  # still startable, and the session is found by that name once there is one
+        assert sessions_named(sender, app_name) == [bus.backend_pid]
+        assert bus.channels == frozenset({channel})
 
 
 def test_stop_is_idempotent_and_closes_the_session(dsn: str, sender: Any) -> None:
@@ -74,12 +85,7 @@ def test_stop_is_idempotent_and_closes_the_session(dsn: str, sender: Any) -> Non
     assert not bus.running
     assert not dispatcher_threads() or all(not t.is_alive() for t in dispatcher_threads())
     # The server ends the session asynchronously after the client closes it.
-    import time
-
-    deadline = time.monotonic() + BOUND
-    while session_state(sender, pid) is not None:
-        assert time.monotonic() < deadline, "the dispatcher's session is still open"
-        time.sleep(0.02)
+    wait_until(lambda: session_state(sender, pid) is None, "the dispatcher's session to end")
 
 
 def test_stop_from_many_threads_at_once(dsn: str) -> None:
@@ -164,8 +170,7 @@ def test_stop_fails_calls_waiting_on_the_queue(dsn: str, sender: Any) -> None:
     stopper = threading.Thread(target=bus.stop, kwargs={"timeout": BOUND})
     stopper.start()
     # Wait until the stop has been requested, then let the loop go on.
-    while bus.running:
-        threading.Event().wait(0.005)
+    wait_until(lambda: not bus.running, "the stop to be requested")
     release.set()
     caller.join(BOUND)
     stopper.join(BOUND)

@@ -10,7 +10,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -19,7 +18,7 @@ import pytest
 
 from .support.proxy import TcpProxy
 from .support.servers import PrivateServer, embedded_bin_dir, system_bin_dirs
-from .support.waiting import BOUND
+from .support.waiting import BOUND, wait_until
 
 NO_REPLY = 0.5
 """Seconds to watch a connection to show that no reply arrives (a negative needs some wait)."""
@@ -98,13 +97,6 @@ def backend_pids(dsn: str) -> set[int]:
             return {row[0] for row in cur.fetchall()}
     finally:
         conn.close()
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,9 +19,9 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, NotConnected
 
-from .support.dispatching import Lifecycle
+from .support.dispatching import Lifecycle, sessions_named
 from .support.notifying import Collector, send
-from .support.waiting import BOUND
+from .support.waiting import BOUND, wait_until
 
 
 def unique(prefix: str = "r") -> str:
@@ -33,14 +33,6 @@ def terminate(sender: Any, pid: int | None) -> None:
     with sender.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert cur.fetchone() == (True,)
-
-
-def sessions_named(sender: Any, application_name: str) -> list[int]:
-    with sender.cursor() as cur:
-        cur.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
-        )
-        return [row[0] for row in cur.fetchall()]
 
 
 def open_fds() -> int:
@@ -190,9 +182,8 @@ def test_stop_while_reconnecting_fails_waiting_calls(dsn: str, sender: Any) -> N
 
     caller = threading.Thread(target=waiting_notify)
     caller.start()
-    deadline = time.monotonic() + BOUND
-    while not bus._held and time.monotonic() < deadline:
-        time.sleep(0.005)  # until the dispatcher thread holds the notify
+    # until the dispatcher thread holds the notify (private: stats() will say so)
+    wait_until(lambda: bool(bus._held), "the notify to be held")
     started = time.monotonic()
     bus.stop(timeout=BOUND)
     assert time.monotonic() - started < 2
@@ -257,17 +248,15 @@ def test_heartbeat_runs_after_silence_and_keeps_the_session(dsn: str, sender: An
     with bus:
         bus.listen(channel)
         pid = bus.backend_pid
-        deadline = time.monotonic() + BOUND
+
         # The heartbeat is the only query this session runs while the test waits.
-        while time.monotonic() < deadline:
+        def heartbeat_seen() -> bool:
             with sender.cursor() as cur:
                 cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
                 (query,) = cur.fetchone()
-            if "pg_listening_channels()" in query:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("no heartbeat seen")
+            return "pg_listening_channels()" in query
+
+        wait_until(heartbeat_seen, "a heartbeat", interval=0.05)
         assert bus.backend_pid == pid and bus.stats().reconnects == 0
 
 
@@ -277,9 +266,7 @@ def test_no_reconnect_option_stops_on_loss(dsn: str, sender: Any) -> None:
     bus.start(timeout=BOUND)
     terminate(sender, bus.backend_pid)
     lifecycle.wait_for("disconnected", 1)
-    deadline = time.monotonic() + BOUND
-    while bus.running and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not bus.running, "the dispatcher to stop")
     assert not bus.running and lifecycle.count("reconnected") == 0
 
 

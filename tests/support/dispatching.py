@@ -51,6 +51,15 @@ def session_state(sender: psycopg2.extensions.connection, pid: int) -> str | Non
     return None if row is None else str(row[0])
 
 
+def sessions_named(sender: Any, application_name: str) -> list[int]:
+    """Pids of the server sessions whose ``application_name`` is ``application_name``."""
+    with sender.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
 class Listener:
     """A raw psycopg2 LISTENing session, to see what the dispatcher sends."""
 

@@ -12,7 +12,12 @@ POLL_INTERVAL = 0.005
 """Seconds between two looks at the state :func:`wait_until` polls."""
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    timeout: float = BOUND,
+    interval: float = POLL_INTERVAL,
+) -> None:
     """Return once ``predicate()`` is true; fail the test after ``timeout`` seconds.
 
     For state that no event or signal announces (a server session ending, a thread gone, a
@@ -21,9 +26,10 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = BOUND)
     :param predicate: a look at public state, called until it returns true.
     :param what: what is awaited, for the failure message.
     :param timeout: seconds to wait at most.
+    :param interval: seconds between two calls of ``predicate`` (a query costs the server).
     :raises AssertionError: if ``predicate()`` is still false after ``timeout`` seconds.
     """
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(POLL_INTERVAL)
+        time.sleep(interval)
