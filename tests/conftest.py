@@ -3,13 +3,14 @@
 The server comes from :func:`pgpubsub_dispatch.devserver.server` (``PGPUBSUB_DSN``, else libpq's
 ``PG*`` environment, else a throwaway embedded server). When none can be had, every test errors:
 this suite never skips its database tests, and a run that skips anything fails.
+
+Helpers live in :mod:`tests.support`; its modules that define fixtures are loaded here as
+plugins (``pytest_plugins``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -17,8 +18,19 @@ import pytest
 
 from pgpubsub_dispatch import devserver
 
-BOUND = 10.0
-"""Seconds any single wait in a test may take before the test fails."""
+from .support.notifying import Collector, send
+from .support.waiting import BOUND
+
+pytest_plugins = [
+    "tests.support.dispatching",
+    "tests.support.programs",
+    "tests.support.servers",
+    "tests.support.proxy",
+]
+
+# Test modules import helpers from tests.support, never from here; these names stay importable
+# from conftest only for tests/test_cli.py, until its split moves it to tests.support too.
+__all__ = ["BOUND", "Collector", "send"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,39 +51,9 @@ def sender(dsn: str) -> Iterator[psycopg2.extensions.connection]:
     conn.close()
 
 
-def send(conn: psycopg2.extensions.connection, channel: str, payload: str = "") -> None:
-    """NOTIFY from ``conn`` (autocommit) with the exact, case-sensitive channel name."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-
-
-class Collector:
-    """A handler that records every notification and lets a test wait for a count of them."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, notification: Any) -> None:
-        with self._cond:
-            self.items.append(notification)
-            self._cond.notify_all()
-
-    def wait(self, count: int, timeout: float = BOUND) -> list[Any]:
-        """Wait until at least ``count`` items arrived; fail the test after ``timeout`` s."""
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(self.items) >= count, timeout)
-            assert ok, f"expected {count} notifications within {timeout}s, got {self.items!r}"
-            return list(self.items)
-
-    @property
-    def payloads(self) -> list[str]:
-        with self._cond:
-            return [n.payload for n in self.items]
-
-
 @pytest.fixture
 def collector() -> Collector:
+    """A fresh :class:`~tests.support.notifying.Collector` for one test."""
     return Collector()
 
 

@@ -1,7 +1,7 @@
 """``examples/asyncio_consumer.py``, run as a user runs it, against the test server.
 
 The example runs as a subprocess; its output is read line by line with bounded waits (see
-``tests/test_examples.py``, whose helpers these tests share). Nothing sleeps.
+``tests/support/programs.py``, shared with ``test_examples.py``). Nothing sleeps.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import psycopg2.extensions
 import pytest
 
-from .conftest import send
-from .test_examples import STARTUP_BOUND, Program, example_env, unique, wrong_database
+from .support.notifying import send
+from .support.programs import STARTUP_BOUND, Program, example_env, unique, wrong_database
 
 Conn = psycopg2.extensions.connection
 

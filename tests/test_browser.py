@@ -31,8 +31,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .conftest import BOUND, send
-from .test_examples import STARTUP_BOUND, Program, example_env, unique
+from .support.notifying import send
+from .support.programs import STARTUP_BOUND, Program, example_env, unique
+from .support.waiting import BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"

@@ -13,7 +13,8 @@ import pytest
 
 import pgpubsub_dispatch as pgpubsub
 
-from .conftest import BOUND, send
+from .support.notifying import send
+from .support.waiting import BOUND
 
 
 def unique() -> str:

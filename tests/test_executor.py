@@ -13,7 +13,8 @@ import pytest
 
 from pgpubsub_dispatch import Dispatcher
 
-from .conftest import BOUND, Collector, send
+from .support.notifying import Collector, send
+from .support.waiting import BOUND, wait_until
 
 
 def unique(prefix: str = "x") -> str:
@@ -97,9 +98,7 @@ def test_backpressure_drops_nothing_and_still_serves_commands(
             for i in range(300):
                 cur.execute("SELECT pg_notify(%s, %s)", (channel, str(i)))
             cur.execute("COMMIT")
-        deadline = time.monotonic() + BOUND
-        while not bus.stats().backpressure and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: bus.stats().backpressure, "backpressure")
         stats = bus.stats()
         assert stats.backpressure and stats.pending <= 5
         bus.notify(other, "commands still work", timeout=BOUND)
@@ -187,9 +186,7 @@ def test_work_handed_to_the_executor_survives_a_reconnect(
         assert back.wait(BOUND)
         release.set()
         bus.notify(channel, "after")
-        deadline = time.monotonic() + BOUND
-        while len(got) < 11 and time.monotonic() < deadline:
-            release.wait(0.01)
+        wait_until(lambda: len(got) >= 11, "11 notifications handled")
     assert got == [str(i) for i in range(10)] + ["after"]
 
 

@@ -19,9 +19,11 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher
 
-from .conftest import BOUND, Collector, send
-from .faults import PrivateServer, TcpProxy, private_server_fixture, server_proxy_fixture  # noqa: F401
-from .test_reconnect import Lifecycle
+from .support.dispatching import Lifecycle
+from .support.notifying import Collector, send
+from .support.proxy import TcpProxy
+from .support.servers import PrivateServer
+from .support.waiting import BOUND
 
 
 def unique(prefix: str = "f") -> str:

@@ -1,4 +1,4 @@
-"""Proof that the fault-injection tools of ``tests/faults.py`` really break what they claim to.
+"""Proof that the fault tools (``tests/support/servers.py``, ``proxy.py``) really break things.
 
 Plain psycopg2 against real, private PostgreSQL servers: no pgpubsub_dispatch code here.
 """
@@ -10,22 +10,15 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
 import pytest
 
-from .conftest import BOUND
-from .faults import (  # noqa: F401
-    PrivateServer,
-    TcpProxy,
-    embedded_bin_dir,
-    private_server_fixture,
-    server_proxy_fixture,
-    system_bin_dirs,
-)
+from .support.proxy import TcpProxy
+from .support.servers import PrivateServer, embedded_bin_dir, system_bin_dirs
+from .support.waiting import BOUND, wait_until
 
 NO_REPLY = 0.5
 """Seconds to watch a connection to show that no reply arrives (a negative needs some wait)."""
@@ -104,13 +97,6 @@ def backend_pids(dsn: str) -> set[int]:
             return {row[0] for row in cur.fetchall()}
     finally:
         conn.close()
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def pid_alive(pid: int) -> bool:

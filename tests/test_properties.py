@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pgpubsub_dispatch import MAX_CHANNEL_BYTES, Dispatcher, InvalidChannelName
 from pgpubsub_dispatch._names import check_channel
 
-from .conftest import Collector
+from .support.notifying import Collector
 
 # Any Unicode text the server can store: no NUL, no lone surrogates.
 server_text = st.text(

@@ -29,8 +29,8 @@ import pytest
 import pgpubsub_dispatch
 from pgpubsub_dispatch import cli, compat, devserver, triggers
 
-from .conftest import BOUND
-from .test_examples import QUICKSTART_OUTPUT
+from .support.programs import QUICKSTART_OUTPUT
+from .support.waiting import BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"

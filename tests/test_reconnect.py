@@ -19,39 +19,13 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, NotConnected
 
-from .conftest import BOUND, Collector, send
+from .support.dispatching import Lifecycle, sessions_named
+from .support.notifying import Collector, send
+from .support.waiting import BOUND, wait_until
 
 
 def unique(prefix: str = "r") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-class Lifecycle:
-    """Records connected / disconnected / reconnected of one dispatcher, waitable."""
-
-    def __init__(self, bus: Dispatcher) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._cond = threading.Condition()
-        for name in ("connected", "disconnected", "reconnected"):
-            getattr(pg, name).connect(self._recorder(name), sender=bus, weak=False)
-
-    def _recorder(self, name: str) -> Any:
-        def record(sender: Any, **kwargs: Any) -> None:
-            with self._cond:
-                self.events.append((name, kwargs))
-                self._cond.notify_all()
-
-        return record
-
-    def count(self, name: str) -> int:
-        with self._cond:
-            return sum(1 for event, _ in self.events if event == name)
-
-    def wait_for(self, name: str, count: int, timeout: float = BOUND) -> dict[str, Any]:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.count(name) >= count, timeout)
-            assert ok, f"no {count}x {name} within {timeout}s: {self.events!r}"
-            return [kw for event, kw in self.events if event == name][count - 1]
 
 
 def terminate(sender: Any, pid: int | None) -> None:
@@ -59,14 +33,6 @@ def terminate(sender: Any, pid: int | None) -> None:
     with sender.cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert cur.fetchone() == (True,)
-
-
-def sessions_named(sender: Any, application_name: str) -> list[int]:
-    with sender.cursor() as cur:
-        cur.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
-        )
-        return [row[0] for row in cur.fetchall()]
 
 
 def open_fds() -> int:
@@ -216,9 +182,7 @@ def test_stop_while_reconnecting_fails_waiting_calls(dsn: str, sender: Any) -> N
 
     caller = threading.Thread(target=waiting_notify)
     caller.start()
-    deadline = time.monotonic() + BOUND
-    while not bus.stats().held and time.monotonic() < deadline:
-        time.sleep(0.005)  # until the dispatcher thread holds the notify
+    wait_until(lambda: bool(bus.stats().held), "the notify to be held")
     started = time.monotonic()
     bus.stop(timeout=BOUND)
     assert time.monotonic() - started < 2
@@ -283,17 +247,15 @@ def test_heartbeat_runs_after_silence_and_keeps_the_session(dsn: str, sender: An
     with bus:
         bus.listen(channel)
         pid = bus.backend_pid
-        deadline = time.monotonic() + BOUND
+
         # The heartbeat is the only query this session runs while the test waits.
-        while time.monotonic() < deadline:
+        def heartbeat_seen() -> bool:
             with sender.cursor() as cur:
                 cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
                 (query,) = cur.fetchone()
-            if "pg_listening_channels()" in query:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("no heartbeat seen")
+            return "pg_listening_channels()" in query
+
+        wait_until(heartbeat_seen, "a heartbeat", interval=0.05)
         assert bus.backend_pid == pid and bus.stats().reconnects == 0
 
 
@@ -303,9 +265,7 @@ def test_no_reconnect_option_stops_on_loss(dsn: str, sender: Any) -> None:
     bus.start(timeout=BOUND)
     terminate(sender, bus.backend_pid)
     lifecycle.wait_for("disconnected", 1)
-    deadline = time.monotonic() + BOUND
-    while bus.running and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not bus.running, "the dispatcher to stop")
     assert not bus.running and lifecycle.count("reconnected") == 0
 
 

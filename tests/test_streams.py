@@ -17,7 +17,8 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, PayloadTooLarge
 
-from .conftest import BOUND, Collector, send
+from .support.notifying import Collector, send
+from .support.waiting import BOUND
 
 
 def unique(prefix: str = "s") -> str:
