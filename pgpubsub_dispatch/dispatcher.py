@@ -63,6 +63,8 @@ from ._commands import (
 from ._connection import attempt_timeout, describe_target, host_alternatives, with_liveness
 from ._executor import ChannelWork
 from ._names import check_channel
+from ._secrets import Secrets
+from ._text import plural
 from ._waiting import Waker, wait
 from .errors import DispatcherStopped, NotConnected
 from .streams import NotificationStream
@@ -226,6 +228,7 @@ class Dispatcher:
         self._dsn = dsn
         self._connect_kwargs = with_liveness(dsn, dict(connect_kwargs))
         self._target = describe_target(dsn, connect_kwargs)
+        self._secrets = Secrets(dsn, connect_kwargs)  # masked in errors raised and logged
         self._attempt_seconds = attempt_timeout(dsn, connect_kwargs)
         self._alternatives = host_alternatives(dsn, self._connect_kwargs)
         self._reconnect = bool(reconnect)
@@ -778,7 +781,7 @@ class Dispatcher:
             self._loop_connect(deadline)
         except BaseException as exc:
             self._loop_abandon_start()
-            started.set_exception(exc)
+            started.set_exception(self._secrets.redacted(exc))
             return
         error: BaseException | None = None
         try:
@@ -795,11 +798,11 @@ class Dispatcher:
                 except _ConnectionLost as lost:
                     if not self._reconnect or self._stop_requested:
                         raise
-                    self._loop_on_lost(lost.reason)
+                    self._loop_on_lost(self._secrets.redacted(lost.reason))
                     if not self._loop_reconnect():
                         break  # stop() was called while reconnecting
         except _ConnectionLost as lost:
-            error = lost.reason
+            error = self._secrets.redacted(lost.reason)
         except BaseException as exc:  # a bug, or a handler raising BaseException
             error = exc
             log.exception("the dispatcher thread failed")
@@ -838,10 +841,10 @@ class Dispatcher:
         self._backend_pid = self._conn.get_backend_pid()
         self._loop_schedule_heartbeat()
         log.info(
-            "connected to %s, backend pid %d, listening to %d channels",
+            "connected to %s, backend pid %d, listening to %s",
             self._target,
             self._backend_pid,
-            len(channels),
+            plural(len(channels), "channel"),
         )
         self._loop_take_notifies()
 
@@ -864,7 +867,11 @@ class Dispatcher:
                 self._loop_close()
                 last_error = exc
                 if len(self._alternatives) > 1:
-                    log.info("host %s failed: %s", describe_target(dsn, kwargs), _one_line(exc))
+                    log.info(
+                        "host %s failed: %s",
+                        describe_target(dsn, kwargs),
+                        self._secrets.redact(_one_line(exc)),
+                    )
                 if _remaining(deadline) == 0.0:
                     break
         assert last_error is not None
@@ -950,6 +957,7 @@ class Dispatcher:
                 return False
             except Exception as exc:
                 self._loop_close()
+                exc = self._secrets.redacted(exc)
                 self._last_error, self._last_exception = _one_line(exc), exc
                 delay = min(delay * 2, backoff_max)
                 log.warning(
@@ -963,11 +971,11 @@ class Dispatcher:
             self._reconnects += 1
             assert self._backend_pid is not None
             log.warning(
-                "reconnected to %s after %d attempt(s), backend pid %d, %d channels",
+                "reconnected to %s after %s, backend pid %d, %s",
                 self._target,
-                attempt,
+                plural(attempt, "attempt"),
                 self._backend_pid,
-                len(self._routes),
+                plural(len(self._routes), "channel"),
             )
             self._queue.extendleft(reversed(self._held))  # held notifies go first, in order
             self._held.clear()
