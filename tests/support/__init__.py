@@ -1,0 +1,1 @@
+"""Helpers and fixtures the test modules share (imported by them, never test modules)."""
