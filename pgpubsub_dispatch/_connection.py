@@ -1,12 +1,16 @@
 """Connection parameters: libpq TCP keepalives by default, timeouts, a printable target.
 
+Pure functions of their arguments (and of ``os.environ``), called from any thread.
+
 The keepalive parameters are libpq's (see "Parameter Key Words" in the libpq documentation);
 they only apply to TCP connections and are ignored for Unix sockets.
 """
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg2
@@ -116,8 +120,37 @@ def attempt_timeout(dsn: str | None, connect_kwargs: dict[str, Any]) -> float:
     return seconds if seconds > 0 else DEFAULT_ATTEMPT_SECONDS
 
 
-def describe_target(dsn: str | None, connect_kwargs: dict[str, Any]) -> str:
-    """A printable ``host=... port=... dbname=...`` of where we connect, never the password."""
-    params = {**_dsn_params(dsn), **{k: str(v) for k, v in connect_kwargs.items()}}
-    shown = [f"{key}={params[key]}" for key in ("host", "port", "dbname", "user") if key in params]
-    return " ".join(shown) or "libpq defaults"
+_TARGET_PARAMETERS = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "service": "PGSERVICE",
+}
+
+
+def describe_target(
+    dsn: str | None,
+    connect_kwargs: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Where libpq will connect, as ``host=... port=... dbname=... user=...``: never a password.
+
+    The one description of a target, for log lines, exception messages and the command line.
+
+    :param dsn: the user's DSN or URI (``None`` or ``""``: none; a malformed one counts as none).
+    :param connect_kwargs: keyword connection parameters; they win over the DSN.
+    :param environ: libpq's environment (``PGHOST``, ...), used for what neither gives;
+        ``None`` means ``os.environ``.
+    :returns: the ``host``, ``hostaddr``, ``port``, ``dbname``, ``user`` and ``service`` libpq
+        will use, or ``"libpq's defaults"`` when none is known.
+    """
+    env = os.environ if environ is None else environ
+    given = {**_dsn_params(dsn), **{k: str(v) for k, v in (connect_kwargs or {}).items()}}
+    words = []
+    for name, variable in _TARGET_PARAMETERS.items():
+        value = given.get(name) or env.get(variable)
+        if value:
+            words.append(f"{name}={value}")
+    return " ".join(words) or "libpq's defaults"

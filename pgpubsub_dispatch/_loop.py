@@ -34,6 +34,7 @@ from ._options import Options
 from ._routing import Routes, listen_sql
 from ._session import POLL_WRITE, Session, one_line
 from ._stats import Counters
+from ._text import plural
 from ._waiting import wait
 from .errors import DispatcherStopped, NotConnected
 
@@ -100,7 +101,7 @@ class Loop:
             self._connect(deadline, reconnecting=False)
         except BaseException as exc:
             self._abandon_start()
-            started.set_exception(self._options.secrets.scrub(exc))
+            started.set_exception(self._options.secrets.redacted(exc))
             return
         error: BaseException | None = None
         try:
@@ -167,11 +168,10 @@ class Loop:
         self._control.backend_pid = session.backend_pid
         self._schedule_heartbeat()
         log.info(
-            "connected to %s, backend pid %d, listening to %d channel%s",
+            "connected to %s, backend pid %d, listening to %s",
             self._options.target,
             session.backend_pid,
-            len(channels),
-            "" if len(channels) == 1 else "s",
+            plural(len(channels), "channel"),
         )
         self._counters.received += session.take_notifies(self.delivery.pending)
 
@@ -185,6 +185,7 @@ class Loop:
 
     def _on_lost(self, reason: BaseException) -> None:
         """Close the dead session, settle its command, and tell the application."""
+        reason = self._options.secrets.redacted(reason)
         self._note_error(reason)
         log.warning(
             "lost the connection to %s (backend pid %s): %s; reconnecting",
@@ -235,11 +236,11 @@ class Loop:
                 continue
             self._counters.reconnects += 1
             log.warning(
-                "reconnected to %s after %d attempt(s), backend pid %s, %d channels",
+                "reconnected to %s after %s, backend pid %s, %s",
                 options.target,
-                attempt,
+                plural(attempt, "attempt"),
                 self._control.backend_pid,
-                len(self.routes.wanted),
+                plural(len(self.routes.wanted), "channel"),
             )
             self._control.queue.extendleft(reversed(self.held))  # held ones first, in order
             self.held.clear()
@@ -247,7 +248,7 @@ class Loop:
             return True
 
     def _note_error(self, error: BaseException) -> None:
-        scrubbed = self._options.secrets.scrub(error)
+        scrubbed = self._options.secrets.redacted(error)
         self._counters.last_error = one_line(scrubbed)
         self._control.last_exception = scrubbed
 
@@ -282,7 +283,7 @@ class Loop:
         with control.lock:
             control.state = State.STOPPING  # from here on, nobody can queue a command
         if error is not None:
-            error = self._options.secrets.scrub(error)
+            error = self._options.secrets.redacted(error)
         stopped = DispatcherStopped(
             "the dispatcher stopped" if error is None else f"the connection was lost: {error}"
         )

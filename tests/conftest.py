@@ -18,19 +18,15 @@ import pytest
 
 from pgpubsub_dispatch import devserver
 
-from .support.notifying import Collector, send
-from .support.waiting import BOUND
+from .support.notifying import Collector
 
 pytest_plugins = [
     "tests.support.dispatching",
     "tests.support.programs",
     "tests.support.servers",
     "tests.support.proxy",
+    "tests.support.cli",
 ]
-
-# Test modules import helpers from tests.support, never from here; these names stay importable
-# from conftest only for tests/test_cli.py, until its split moves it to tests.support too.
-__all__ = ["BOUND", "Collector", "send"]
 
 
 @pytest.fixture(scope="session", autouse=True)
