@@ -24,7 +24,7 @@ import pytest
 
 import pgpubsub_dispatch
 
-from .conftest import BOUND
+from .support.waiting import BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -18,7 +18,8 @@ import pytest
 
 from pgpubsub_dispatch import Dispatcher, handler_error
 
-from .conftest import BOUND, Collector, send
+from .support.notifying import Collector, send
+from .support.waiting import BOUND
 
 
 class Custom(BaseException):
