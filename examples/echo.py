@@ -48,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        pubsub = pgpubsub.connect(args.dsn)  # same arguments as psycopg2.connect
+        # Same arguments as psycopg2.connect; reconnect=True opts in to reconnection, which
+        # changes the backend pid: hence own_pids below, re-read after each reconnection.
+        pubsub = pgpubsub.connect(args.dsn, reconnect=True)
     except (psycopg2.OperationalError, TimeoutError) as exc:
         print(f"echo: cannot connect: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The connection is re-established by itself; messages sent meanwhile are lost.
     pgpubsub.reconnected.connect(on_reconnected, sender=pubsub.dispatcher)
     try:
-        pubsub.listen(args.channel)
+        # The ancestor's listen() reads an SQL identifier; quoted, it is the exact name given.
+        pubsub.listen('"' + args.channel.replace('"', '""') + '"')
         own_pid = pubsub.conn.get_backend_pid()
         print(f"echo: listening on {args.channel!r} as backend pid {own_pid}", flush=True)
         own_pids = {own_pid}  # after a reconnection, the session (and its pid) is new

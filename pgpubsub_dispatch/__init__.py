@@ -24,11 +24,13 @@ from ._names import MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES
 from .compat import PubSub, connect
 from .dispatcher import Dispatcher, DispatcherStats
 from .errors import (
+    ConnectionLost,
     DispatcherStopped,
     InvalidChannelName,
     NoServerAvailable,
     NotConnected,
     PayloadTooLarge,
+    PubSubClosed,
     PubSubError,
 )
 from .notification import Notification
@@ -45,6 +47,7 @@ from .triggers import (
 __all__ = [
     "MAX_CHANNEL_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "ConnectionLost",
     "Dispatcher",
     "DispatcherStats",
     "DispatcherStopped",
@@ -55,6 +58,7 @@ __all__ = [
     "NotificationStream",
     "PayloadTooLarge",
     "PubSub",
+    "PubSubClosed",
     "PubSubError",
     "connect",
     "connected",

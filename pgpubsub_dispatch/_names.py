@@ -7,6 +7,8 @@ and a payload must be shorter than 8000 bytes. Both are counted in UTF-8 bytes, 
 
 from __future__ import annotations
 
+import re
+
 from .errors import InvalidChannelName, PayloadTooLarge
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "check_channel",
     "check_identifier",
     "check_payload",
+    "read_identifier",
 ]
 
 MAX_IDENTIFIER_BYTES = 63
@@ -57,6 +60,53 @@ def check_identifier(name: object, what: str, error: type[ValueError] = ValueErr
             f"{MAX_IDENTIFIER_BYTES} and would truncate it: {name!r}"
         )
     return name
+
+
+# PostgreSQL's lexer (scan.l): ident_start [A-Za-z\200-\377_], ident_cont adds [0-9$]. In a
+# UTF-8 session every byte of a non-ASCII character is in \200-\377, so any such character is
+# a letter to it.
+_UNQUOTED = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z_0-9$\u0080-\U0010ffff]*")
+_QUOTED = re.compile(r'"((?:[^"]|"")+)"')
+_SQL_SPACE = " \t\n\r\f\v"  # the lexer's whitespace
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def read_identifier(text: object, what: str, error: type[ValueError] = ValueError) -> str:
+    """Return the name the server would read from ``text`` written as one SQL identifier.
+
+    The rules of PostgreSQL's "Identifiers and Key Words", without ever running SQL:
+
+    * unquoted (``NewOrders``): a letter or ``_``, then letters, digits, ``_`` or ``$``; folded
+      to lower case as the server's ``downcase_identifier`` does, ASCII ``A``-``Z`` only
+      (``neworders``);
+    * double-quoted (``"NewOrders"``): exact, with ``""`` read as one ``"``;
+    * whitespace around either is ignored, as in SQL.
+
+    Anything else (``a;b``, ``a b``, an unbalanced ``"``, ``""``, ``U&"..."``) is refused, so no
+    text can add SQL. The result is then checked like any exact name (:func:`check_identifier`:
+    at most 63 bytes in UTF-8, which the server would truncate instead).
+
+    :param text: the identifier as it would be written in SQL.
+    :param what: how to call it in messages (``"channel name"``).
+    :param error: the ``ValueError`` subclass to raise.
+    :returns: the exact name (``str``).
+    :raises error: if ``text`` is not one identifier, or names one that :func:`check_identifier`
+        refuses; also if it is not a ``str``, when ``error`` is a subclass.
+    :raises TypeError: if it is not a ``str`` and ``error`` is plain ``ValueError``.
+    """
+    if not isinstance(text, str):
+        return check_identifier(text, what, error)
+    written = text.strip(_SQL_SPACE)
+    quoted = _QUOTED.fullmatch(written)
+    if quoted is not None:
+        return check_identifier(quoted.group(1).replace('""', '"'), what, error)
+    if _UNQUOTED.fullmatch(written) is not None:
+        return check_identifier(written.translate(_ASCII_FOLD), what, error)
+    raise error(
+        f"{what} {text!r} is not an SQL identifier: write it unquoted (letters, digits, _ and $, "
+        f'not starting with a digit; folded to lower case) or in double quotes ("Exact Name", '
+        f'with "" for a quote)'
+    )
 
 
 def check_channel(channel: object) -> str:

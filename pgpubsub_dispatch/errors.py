@@ -8,12 +8,16 @@ server are not wrapped: they reach the caller as the ``psycopg2.Error`` subclass
 
 from __future__ import annotations
 
+import psycopg2
+
 __all__ = [
+    "ConnectionLost",
     "DispatcherStopped",
     "InvalidChannelName",
     "NoServerAvailable",
     "NotConnected",
     "PayloadTooLarge",
+    "PubSubClosed",
     "PubSubError",
 ]
 
@@ -60,4 +64,26 @@ class NotConnected(PubSubError, TimeoutError):
     notification was not sent), and by a ``notify`` made from a handler while disconnected.
     A ``TimeoutError``, so code that handles timeouts handles it too. ``__cause__`` holds the
     last connection error when known.
+    """
+
+
+class PubSubClosed(DispatcherStopped, psycopg2.InterfaceError):
+    """A call on a closed :class:`~pgpubsub_dispatch.PubSub` (the 2015 API).
+
+    Raised by its ``get_event``, ``get_events``, ``events`` (also one already waiting when
+    ``close()`` is called from another thread), ``listen``, ``unlisten`` and ``notify`` after
+    ``close()``. It is a ``psycopg2.InterfaceError``, which the 2015 ``pgpubsub`` raised for the
+    same calls on its closed connection (``connection already closed``), and a
+    :class:`DispatcherStopped`.
+    """
+
+
+class ConnectionLost(DispatcherStopped, psycopg2.OperationalError):
+    """The 2015 API's session was lost, and it does not reconnect (the default).
+
+    Raised by a :class:`~pgpubsub_dispatch.PubSub` made with ``reconnect=False`` once its server
+    session is gone: by ``get_event``, ``get_events`` and ``events`` when no notification
+    received before the loss is left to return, and by ``listen``, ``unlisten`` and ``notify``.
+    It is a ``psycopg2.OperationalError``, as the 2015 ``pgpubsub`` raised; ``__cause__`` holds
+    the error that ended the session.
     """

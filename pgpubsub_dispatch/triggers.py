@@ -16,14 +16,19 @@ What the ancestor did, and what is kept:
   ``<table>_notify_trig``;
 * the payload: the row as ``row_to_json`` renders it, with an added ``"tg_op"`` key
   (``"INSERT"``, ``"UPDATE"`` or ``"DELETE"``); a DELETE sends the old row, the others the new;
-* the channel: the table's name, exactly (case-sensitive, never folded);
+* table and schema names are read as SQL reads identifiers (the ancestor pasted them into its
+  SQL): unquoted, ``OrderLines`` is the table ``orderlines``; double-quoted, ``'"OrderLines"'``
+  is ``OrderLines`` exactly (see :func:`pgpubsub_dispatch._names.read_identifier`);
+* the channel: the table's name as stored (``orderlines`` above), as ``TG_TABLE_NAME`` gave it;
+* ``create_tables_notify_func`` and ``create_table_notify_trigger`` return the cursor they used;
 * each helper commits (see "Transactions" below).
 
 What is new:
 
-* Every identifier is quoted with :class:`psycopg2.sql.Identifier` and the channel is passed as a
-  string literal, so no table, schema or channel name can inject SQL; mixed-case and
-  schema-qualified tables work.
+* Names are parsed, never pasted: text that is not one identifier (``t; DROP TABLE x``) raises
+  ``ValueError`` before anything is sent; the name read is quoted with
+  :class:`psycopg2.sql.Identifier` and the channel is passed as a string literal, so no table,
+  schema or channel name can inject SQL; mixed-case (quoted) and schema-qualified tables work.
 * The channel is fixed when the trigger is created (it is the trigger's first argument,
   ``TG_ARGV[0]``) and may be chosen with ``channel=``; it is checked like every other channel of
   this package (at most 63 bytes in UTF-8, see :func:`pgpubsub_dispatch._names.check_channel`).
@@ -81,7 +86,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from ._names import MAX_IDENTIFIER_BYTES, check_channel, check_identifier
+from ._names import MAX_IDENTIFIER_BYTES, check_channel, check_identifier, read_identifier
 
 __all__ = [
     "NOTIFY_FUNC_NAME",
@@ -152,7 +157,9 @@ END;
 """
 
 
-def create_tables_notify_func(conn: psycopg2.extensions.connection) -> None:
+def create_tables_notify_func(
+    conn: psycopg2.extensions.connection,
+) -> psycopg2.extensions.cursor:
     """Create, or replace, the shared trigger function ``tables_notify_func()``, then commit.
 
     Run it once before :func:`create_table_notify_trigger`, and again after upgrading this
@@ -173,7 +180,7 @@ def create_tables_notify_func(conn: psycopg2.extensions.connection) -> None:
 
     :param conn: an open psycopg2 connection whose role may create functions in that schema.
         It may be in autocommit or not.
-    :returns: ``None``.
+    :returns: the cursor it ran the statement on, still open (as the ancestor returned it).
     :raises psycopg2.Error: as raised by the server, e.g.
         :class:`psycopg2.errors.InsufficientPrivilege` without the right to create the function,
         or if another role owns an existing ``tables_notify_func()``. ``conn`` has been rolled
@@ -191,7 +198,7 @@ def create_tables_notify_func(conn: psycopg2.extensions.connection) -> None:
         "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
         " SET search_path = pg_catalog, pg_temp AS {body}"
     ).format(name=sql.Identifier(NOTIFY_FUNC_NAME), body=sql.Literal(_NOTIFY_FUNC_BODY))
-    _execute_and_commit(conn, statement)
+    return _execute_and_commit(conn, statement)
 
 
 def drop_tables_notify_func(conn: psycopg2.extensions.connection, *, cascade: bool = False) -> None:
@@ -217,7 +224,7 @@ def drop_tables_notify_func(conn: psycopg2.extensions.connection, *, cascade: bo
         name=sql.Identifier(NOTIFY_FUNC_NAME),
         cascade=sql.SQL(" CASCADE" if cascade else ""),
     )
-    _execute_and_commit(conn, statement)
+    _execute_and_commit(conn, statement).close()
 
 
 def create_table_notify_trigger(
@@ -226,7 +233,7 @@ def create_table_notify_trigger(
     *,
     schema: str | None = None,
     channel: str | None = None,
-) -> None:
+) -> psycopg2.extensions.cursor:
     """Make every INSERT, UPDATE and DELETE on a table send a notification, then commit.
 
     Creates the row-level trigger ``<tablename>_notify_trig`` (see :func:`trigger_name`),
@@ -239,18 +246,21 @@ def create_table_notify_trigger(
 
     :param conn: an open psycopg2 connection; the role must own the table (or hold TRIGGER on
         it) and may execute ``tables_notify_func()``, found through ``conn``'s ``search_path``.
-    :param tablename: the table's exact name (case-sensitive; it is quoted, never folded:
-        ``"Orders"`` and ``"orders"`` are two tables). Any characters but NUL, at most 63 bytes
-        in UTF-8.
-    :param schema: the table's schema, exact as well; ``None`` (the default) resolves the table
-        through ``conn``'s ``search_path``.
-    :param channel: the channel to notify, exact and case-sensitive; ``None`` (the default)
-        means ``tablename`` itself. It is stored in the trigger, so later renaming the table does
-        not change it.
-    :returns: ``None``.
+    :param tablename: the table's name written as in SQL: unquoted, folded to lower case
+        (``OrderLines`` is ``orderlines``); or double-quoted, exact (``'"OrderLines"'``, with
+        ``""`` for a quote). At most 63 bytes in UTF-8 once read.
+    :param schema: the table's schema, written the same way; ``None`` (the default) resolves
+        the table through ``conn``'s ``search_path``.
+    :param channel: the channel to notify, exact and case-sensitive (never folded); ``None``
+        (the default) means the table's name as read (``orderlines`` above), the channel the
+        ancestor used. It is stored in the trigger, so later renaming the table does not change
+        it.
+    :returns: the cursor it ran the statements on, still open (as the ancestor returned it).
     :raises TypeError: if ``tablename`` or ``schema`` is not a ``str`` (nothing is sent).
-    :raises ValueError: if ``tablename`` or ``schema`` is empty, contains NUL or is longer than
-        63 bytes in UTF-8, which the server would reject or truncate (nothing is sent).
+    :raises ValueError: if ``tablename`` or ``schema`` is not one SQL identifier
+        (``orders; DROP TABLE x``, an unbalanced quote), or names one that is empty, contains
+        NUL or is longer than 63 bytes in UTF-8, which the server would reject or truncate
+        (nothing is sent).
     :raises pgpubsub_dispatch.errors.InvalidChannelName: if the channel is not a valid channel
         name: empty, containing NUL, or longer than 63 bytes in UTF-8 (nothing is sent).
     :raises psycopg2.errors.UndefinedTable: if the table does not exist.
@@ -267,9 +277,9 @@ def create_table_notify_trigger(
     DROP TRIGGER (https://www.postgresql.org/docs/current/sql-droptrigger.html) and NOTIFY
     (https://www.postgresql.org/docs/current/sql-notify.html).
     """
-    table = _table_identifier(tablename, schema)
-    chosen = check_channel(tablename if channel is None else channel)
-    trigger = sql.Identifier(trigger_name(tablename))
+    name, table = _table_identifier(tablename, schema)
+    chosen = check_channel(name if channel is None else channel)
+    trigger = sql.Identifier(trigger_name(name))
     # EXECUTE PROCEDURE is the spelling servers before 11 understand; newer ones accept both.
     execute = "EXECUTE FUNCTION" if conn.server_version >= 110000 else "EXECUTE PROCEDURE"
     statement = sql.SQL(
@@ -283,7 +293,7 @@ def create_table_notify_trigger(
         function=sql.Identifier(NOTIFY_FUNC_NAME),
         channel=sql.Literal(chosen),
     )
-    _execute_and_commit(conn, statement)
+    return _execute_and_commit(conn, statement)
 
 
 def drop_table_notify_trigger(
@@ -300,13 +310,13 @@ def drop_table_notify_trigger(
     (the ancestor folded names to lower case).
 
     :param conn: an open psycopg2 connection whose role owns the table.
-    :param tablename: the table's exact name, as given to :func:`create_table_notify_trigger`.
-    :param schema: the table's schema; ``None`` resolves the table through ``conn``'s
-        ``search_path``.
+    :param tablename: the table's name, written as for :func:`create_table_notify_trigger`.
+    :param schema: the table's schema, written the same way; ``None`` resolves the table
+        through ``conn``'s ``search_path``.
     :returns: ``None``.
     :raises TypeError: if ``tablename`` or ``schema`` is not a ``str`` (nothing is sent).
-    :raises ValueError: if ``tablename`` or ``schema`` is empty, contains NUL or is longer than
-        63 bytes in UTF-8 (nothing is sent).
+    :raises ValueError: if ``tablename`` or ``schema`` is not one SQL identifier, or names one
+        that is empty, contains NUL or is longer than 63 bytes in UTF-8 (nothing is sent).
     :raises psycopg2.Error: as raised by the server, e.g. insufficient privilege; ``conn`` has
         then been rolled back and is usable.
 
@@ -315,11 +325,11 @@ def drop_table_notify_trigger(
 
     Relies on DROP TRIGGER (https://www.postgresql.org/docs/current/sql-droptrigger.html).
     """
-    table = _table_identifier(tablename, schema)
+    name, table = _table_identifier(tablename, schema)
     statement = sql.SQL("DROP TRIGGER IF EXISTS {trigger} ON {table}").format(
-        trigger=sql.Identifier(trigger_name(tablename)), table=table
+        trigger=sql.Identifier(trigger_name(name)), table=table
     )
-    _execute_and_commit(conn, statement)
+    _execute_and_commit(conn, statement).close()
 
 
 def trigger_name(tablename: str) -> str:
@@ -329,7 +339,7 @@ def trigger_name(tablename: str) -> str:
     than 51 bytes in UTF-8 is first cut (on a character boundary) so that the whole name fits
     PostgreSQL's 63-byte identifier limit instead of being truncated by the server.
 
-    :param tablename: the table's exact name.
+    :param tablename: the table's exact name, as stored (already folded: ``orderlines``).
     :returns: the trigger's exact (unquoted) name, at most 63 bytes in UTF-8.
     :raises TypeError: if ``tablename`` is not a ``str``.
     :raises ValueError: if ``tablename`` is not a valid identifier (see
@@ -341,25 +351,27 @@ def trigger_name(tablename: str) -> str:
     return head + TRIGGER_SUFFIX
 
 
-def _table_identifier(tablename: str, schema: str | None) -> sql.Identifier:
-    """The quoted, optionally schema-qualified name of a table, after checking both parts."""
-    check_identifier(tablename, "table name")
+def _table_identifier(tablename: str, schema: str | None) -> tuple[str, sql.Identifier]:
+    """Read both names as SQL identifiers; return the table's and its quoted qualified name."""
+    name = read_identifier(tablename, "table name")
     if schema is None:
-        return sql.Identifier(tablename)
-    check_identifier(schema, "schema name")
-    return sql.Identifier(schema, tablename)
+        return name, sql.Identifier(name)
+    return name, sql.Identifier(read_identifier(schema, "schema name"), name)
 
 
-def _execute_and_commit(conn: psycopg2.extensions.connection, statement: sql.Composable) -> None:
+def _execute_and_commit(
+    conn: psycopg2.extensions.connection, statement: sql.Composable
+) -> psycopg2.extensions.cursor:
     """Run ``statement`` on ``conn`` and end the transaction: commit, or roll back and re-raise.
 
     With autocommit, a multi-statement string sent in one ``execute`` is one implicit
-    transaction on the server, so it is atomic as well.
+    transaction on the server, so it is atomic as well. Returns the cursor, open.
     """
+    cur = conn.cursor()
     try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
+        cur.execute(statement)
     except BaseException:
+        cur.close()
         if not conn.closed and not conn.autocommit:
             # The original error is the one worth reporting, not a failed rollback of a
             # connection that the error has broken.
@@ -368,3 +380,4 @@ def _execute_and_commit(conn: psycopg2.extensions.connection, statement: sql.Com
         raise
     if not conn.autocommit:
         conn.commit()
+    return cur

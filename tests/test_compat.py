@@ -80,7 +80,7 @@ def test_get_events_returns_all_waiting(dsn: str) -> None:
         for i in range(5):
             pubsub.notify(channel, str(i))
         assert [e.payload for e in pubsub.get_events()] == ["0", "1", "2", "3", "4"]
-        assert pubsub.get_events() == []
+        assert pubsub.get_events() is None  # as in 2015: None, not [], when nothing waits
 
 
 def test_unlisten_stops_new_events(dsn: str, sender: Any) -> None:
@@ -94,9 +94,12 @@ def test_unlisten_stops_new_events(dsn: str, sender: Any) -> None:
         assert [(e.channel, e.payload) for e in pubsub.get_events()] == [(probe, "received")]
 
 
-def test_channel_names_are_quoted_and_exact(dsn: str, sender: Any) -> None:
+def test_channel_names_are_read_as_identifiers_never_as_sql(dsn: str, sender: Any) -> None:
     with pgpubsub.connect(dsn) as pubsub:
-        pubsub.listen("Mixed Case; DROP")
+        with pytest.raises(pgpubsub.InvalidChannelName):
+            pubsub.listen("Mixed Case; DROP")  # 2015 ran it as SQL
+        assert pubsub.dispatcher.channels == frozenset()
+        pubsub.listen('"Mixed Case; DROP"')  # quoted: one exact identifier, quoted again by us
         send(sender, "Mixed Case; DROP", "x")
         event = next(pubsub.events(select_timeout=BOUND))
         assert event.channel == "Mixed Case; DROP"
@@ -132,4 +135,7 @@ def test_calls_after_close_fail_fast(dsn: str) -> None:
         pubsub.notify("x", "y")
     with pytest.raises(pgpubsub.DispatcherStopped):
         pubsub.conn.get_backend_pid()
+    with pytest.raises(psycopg2.InterfaceError):  # what 2015's closed connection raised
+        pubsub.get_event()
     assert pubsub.backend_pid is None
+    assert pubsub.conn.closed == 1

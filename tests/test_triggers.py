@@ -38,6 +38,11 @@ TIMEOUTS = "-c lock_timeout=5s -c statement_timeout=10s"
 instead of hanging it (pytest-timeout cannot interrupt a blocked libpq call)."""
 
 
+def quoted(name: str) -> str:
+    """``name`` written as a double-quoted SQL identifier: the helpers then read it exactly."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def connect(dsn: str) -> Conn:
     return psycopg2.connect(dsn, options=TIMEOUTS)
 
@@ -260,7 +265,7 @@ def test_a_statement_changing_several_rows_sends_one_per_row_in_order(
 def test_mixed_case_table_notifies_its_exact_name(ready: Space, listener: Listener) -> None:
     mixed = ready.name("MixedCase")
     ready.create_table(mixed, "id int")
-    triggers.create_table_notify_trigger(ready.conn, mixed)
+    triggers.create_table_notify_trigger(ready.conn, quoted(mixed))  # unquoted would fold
     listener.listen(mixed.lower())  # the folded name must stay silent
     listener.listen(mixed)
 
@@ -277,7 +282,7 @@ def test_schema_qualified_table_gets_the_trigger_not_its_namesake(
     items = ready.name("items")
     ready.create_table(items, "id int", schema=other)
     ready.create_table(items, "id int")  # same name, in the search_path schema
-    triggers.create_table_notify_trigger(ready.conn, items, schema=other)
+    triggers.create_table_notify_trigger(ready.conn, items, schema=quoted(other))
     listener.listen(items)
 
     insert(ready, items, "1")
@@ -332,8 +337,12 @@ def test_no_table_schema_or_channel_name_can_inject_sql(
     ready.create_table(name, "id int")
     listener.listen(name, name + "!")
 
-    triggers.create_table_notify_trigger(ready.conn, name)
-    triggers.create_table_notify_trigger(ready.conn, name, schema=odd_schema, channel=name + "!")
+    with pytest.raises(ValueError, match="not an SQL identifier"):
+        triggers.create_table_notify_trigger(ready.conn, name)  # unquoted: refused, never run
+    triggers.create_table_notify_trigger(ready.conn, quoted(name))
+    triggers.create_table_notify_trigger(
+        ready.conn, quoted(name), schema=quoted(odd_schema), channel=name + "!"
+    )
     insert(ready, name, "1")
     assert listener.take_one(name) == {"id": 1, "tg_op": "INSERT"}
     write(
@@ -342,8 +351,8 @@ def test_no_table_schema_or_channel_name_can_inject_sql(
         (weird,),
     )
     assert listener.take_one(name + "!") == {"id": 2, "body": weird, "tg_op": "INSERT"}
-    triggers.drop_table_notify_trigger(ready.conn, name)
-    triggers.drop_table_notify_trigger(ready.conn, name, schema=odd_schema)
+    triggers.drop_table_notify_trigger(ready.conn, quoted(name))
+    triggers.drop_table_notify_trigger(ready.conn, quoted(name), schema=quoted(odd_schema))
 
     assert ready.run(sql.SQL("SELECT id FROM {}").format(ready.table("victim"))) == [(42,)]
     assert ready.triggers_on(name) == []
@@ -387,7 +396,7 @@ def test_bad_channels_are_refused_before_anything_is_sent(ready: Space, channel:
 def test_a_63_byte_table_name_gets_a_63_byte_trigger_name(ready: Space, listener: Listener) -> None:
     name = ready.tag + "é" * 27 + "x"  # 8 + 54 + 1 = 63 bytes
     ready.create_table(name, "id int")
-    triggers.create_table_notify_trigger(ready.conn, name)
+    triggers.create_table_notify_trigger(ready.conn, quoted(name))  # the tag may start with 0-9
     listener.listen(name)
 
     insert(ready, name, "1")
@@ -396,7 +405,7 @@ def test_a_63_byte_table_name_gets_a_63_byte_trigger_name(ready: Space, listener
     (trigger,) = ready.triggers_on(name)
     # 51 bytes are left for the table's part: 8 + 21 * 2 = 50, and half an "é" is dropped.
     assert trigger == triggers.trigger_name(name) == ready.tag + "é" * 21 + "_notify_trig"
-    triggers.drop_table_notify_trigger(ready.conn, name)
+    triggers.drop_table_notify_trigger(ready.conn, quoted(name))
     assert ready.triggers_on(name) == []
 
 
@@ -444,7 +453,7 @@ def test_oversized_row_sends_a_composite_key_in_key_order(ready: Space, listener
     big = ready.name("Big Table")
     columns = 'n int, "Region" text, body text, PRIMARY KEY ("Region", n)'
     ready.create_table(big, columns, schema=schema)
-    triggers.create_table_notify_trigger(ready.conn, big, schema=schema)
+    triggers.create_table_notify_trigger(ready.conn, quoted(big), schema=quoted(schema))
     listener.listen(big)
 
     insert(ready, big, "7, 'eu', repeat('ж', 5000)", schema=schema)
