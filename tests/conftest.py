@@ -1,8 +1,9 @@
 """Fixtures shared by every test: a real PostgreSQL server, a sender connection, collectors.
 
-The server comes from :func:`pgpubsub_dispatch.devserver.server` (``PGPUBSUB_DSN``, else libpq's
-``PG*`` environment, else a throwaway embedded server). When none can be had, every test errors:
-this suite never skips its database tests, and a run that skips anything fails.
+The server comes from :func:`pgpubsub_dispatch.devserver.server` (``PGPUBSUB_DSN``, else
+``DATABASE_URL``, else libpq's ``PG*`` environment, else a throwaway embedded server); the
+report header names it. When none can be had, every test errors: this suite never skips its
+database tests, and a run that skips anything fails.
 """
 
 from __future__ import annotations
