@@ -15,10 +15,11 @@ then, from anywhere else::
 
 ``--send TEXT`` (repeatable) makes it send notifications itself once it listens, on the first
 channel: with no server configured it starts a throwaway one that no other program can reach.
-The DSN is the argument, else ``DATABASE_URL``, else
-:func:`pgpubsub_dispatch.devserver.server` (``PGPUBSUB_DSN``, libpq's environment, or that
-throwaway server). It prints ``listening on ...`` once notifications flow. Exit 0 after
-``--count`` notifications or on SIGINT/SIGTERM; 2 if no server could be had or reached.
+The DSN is the argument, else what :func:`pgpubsub_dispatch.devserver.server` finds, like every
+example (``PGPUBSUB_DSN``, ``DATABASE_URL``, libpq's environment, or that throwaway server; see
+README.rst, "Servers for examples and tests"). It prints ``listening on ...`` once
+notifications flow. Exit 0 after ``--count`` notifications or on SIGINT/SIGTERM; 2 if no server
+could be had or reached.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import psycopg2
 
@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "dsn",
         nargs="?",
-        help="libpq connection string or URI (default: $DATABASE_URL, else PGPUBSUB_DSN, "
-        "libpq's PG* environment, else a throwaway server)",
+        help="libpq connection string or URI (default: $PGPUBSUB_DSN, $DATABASE_URL, libpq's "
+        "PG* environment, else a throwaway server)",
     )
     parser.add_argument(
         "--channel",
@@ -63,23 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        with server(args.dsn) as dsn:
+        with devserver.server(args.dsn) as dsn:
             return asyncio.run(run(dsn, args.channels or ["orders"], args.count, args.send))
     except NoServerAvailable as exc:
         print(f"asyncio_consumer: {exc}", file=sys.stderr)
         return 2
-
-
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    """The DSN given on the command line, else ``$DATABASE_URL``, else the zero-setup server's."""
-    if dsn is None:
-        dsn = os.environ.get("DATABASE_URL") or None
-    if dsn is not None:
-        yield dsn
-        return
-    with devserver.server() as found:
-        yield found
 
 
 async def run(dsn: str, channels: list[str], count: int | None, send: list[str]) -> int:

@@ -11,16 +11,17 @@ Run it as it is, and stop it with Ctrl-C or SIGTERM (exit 0)::
     psql -c "SELECT pg_notify('echo', 'hello')"                       # from anywhere else
     pgpubsub-dispatch listen echo                                     # to watch both copies
 
-The DSN is the argument, else ``DATABASE_URL``, else libpq's environment (``PGHOST``,
-``PGDATABASE``, ...). It prints ``echo: listening ...`` once listening, then one line per
-payload it echoed. If the connection is lost it reconnects by itself and prints
-``echo: reconnected ...``; messages sent while it was disconnected are not echoed.
+The DSN is the argument, else what :func:`pgpubsub_dispatch.devserver.server` finds, like every
+example (``PGPUBSUB_DSN``, ``DATABASE_URL``, libpq's environment, else a throwaway server; see
+README.rst, "Servers for examples and tests"). It prints ``echo: listening ...`` once
+listening, then one line per payload it echoed. If the connection is lost it reconnects by
+itself and prints ``echo: reconnected ...``; messages sent while it was disconnected are not
+echoed. Exit 2 if no server could be had or reached.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 import psycopg2
 
 import pgpubsub_dispatch as pgpubsub
+from pgpubsub_dispatch import NoServerAvailable, devserver
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "dsn",
         nargs="?",
-        default=os.environ.get("DATABASE_URL", ""),
-        help="libpq connection string or URI (default: $DATABASE_URL, else libpq's environment)",
+        help="libpq connection string or URI (default: $PGPUBSUB_DSN, $DATABASE_URL, libpq's "
+        "PG* environment, else a throwaway server)",
     )
     parser.add_argument("--channel", default="echo", help="channel to listen to (default: echo)")
     parser.add_argument("--to", help="channel to echo to (default: the same channel)")
@@ -48,9 +50,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        with devserver.server(args.dsn) as dsn:
+            return echo(dsn, args.channel, reply_channel)
+    except NoServerAvailable as exc:
+        print(f"echo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # while the throwaway server starts
+        return 0
+
+
+def echo(dsn: str, channel: str, reply_channel: str) -> int:
+    """Echo what ``channel`` receives to ``reply_channel`` until SIGINT or SIGTERM."""
+    try:
         # Same arguments as psycopg2.connect; reconnect=True opts in to reconnection, which
         # changes the backend pid: hence own_pids below, re-read after each reconnection.
-        pubsub = pgpubsub.connect(args.dsn, reconnect=True)
+        pubsub = pgpubsub.connect(dsn, reconnect=True)
     except (psycopg2.OperationalError, TimeoutError) as exc:
         print(f"echo: cannot connect: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -64,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pgpubsub.reconnected.connect(on_reconnected, sender=pubsub.dispatcher)
     try:
         # The ancestor's listen() reads an SQL identifier; quoted, it is the exact name given.
-        pubsub.listen('"' + args.channel.replace('"', '""') + '"')
+        pubsub.listen('"' + channel.replace('"', '""') + '"')
         own_pid = pubsub.conn.get_backend_pid()
-        print(f"echo: listening on {args.channel!r} as backend pid {own_pid}", flush=True)
+        print(f"echo: listening on {channel!r} as backend pid {own_pid}", flush=True)
         own_pids = {own_pid}  # after a reconnection, the session (and its pid) is new
         for e in pubsub.events():
             if e is None:

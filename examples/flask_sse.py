@@ -19,9 +19,10 @@ add ``?channel=NAME`` for another channel than ``chat``. From elsewhere::
     psql -c "SELECT pg_notify('chat', 'hello from SQL')"
     pgpubsub-dispatch notify chat 'hello from the shell'
 
-The DSN is the argument, else ``DATABASE_URL``, else :func:`pgpubsub_dispatch.devserver.server`
-(``PGPUBSUB_DSN``, libpq's environment, or a throwaway server that only this process can reach:
-then the page is the only way in). ``--port 0`` picks a free port. It stops cleanly on SIGTERM
+The DSN is the argument, else what :func:`pgpubsub_dispatch.devserver.server` finds, like every
+example (``PGPUBSUB_DSN``, ``DATABASE_URL``, libpq's environment, or a throwaway server that only
+this process's user can reach: then the page is the way in; see README.rst, "Servers for
+examples and tests"). ``--port 0`` picks a free port. It stops cleanly on SIGTERM
 or Ctrl-C: the open event streams end, the dispatcher stops, exit 0. Exit 2 if no server could
 be had or reached, or the port is taken.
 
@@ -34,11 +35,9 @@ and creates the ``Dispatcher`` in each worker process, after any fork.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import html
 import json
 import logging
-import os
 import queue
 import signal
 import sys
@@ -77,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "dsn",
         nargs="?",
-        help="libpq connection string or URI (default: $DATABASE_URL, else PGPUBSUB_DSN, "
-        "libpq's PG* environment, else a throwaway server)",
+        help="libpq connection string or URI (default: $PGPUBSUB_DSN, $DATABASE_URL, libpq's "
+        "PG* environment, else a throwaway server)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (default: %(default)s)"
@@ -107,23 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     try:
-        with server(args.dsn) as dsn:
+        with devserver.server(args.dsn) as dsn:
             return serve(dsn, args.host, args.port, args.channel, args.keepalive)
     except NoServerAvailable as exc:
         log.error("%s", exc)
         return 2
-
-
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    """The DSN given on the command line, else ``$DATABASE_URL``, else the zero-setup server's."""
-    if dsn is None:
-        dsn = os.environ.get("DATABASE_URL") or None
-    if dsn is not None:
-        yield dsn
-        return
-    with devserver.server() as found:
-        yield found
 
 
 def serve(dsn: str, host: str, port: int, default_channel: str, keepalive: float) -> int:

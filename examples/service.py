@@ -15,19 +15,19 @@ then, from anywhere else::
     pgpubsub-dispatch notify jobs 'resize image 42'
     pgpubsub-dispatch listen jobs.done              # to see the acknowledgements
 
-The DSN is the argument, else ``DATABASE_URL``, else libpq's environment (``PGHOST``,
-``PGDATABASE``, ...). It logs ``listening on ...`` once notifications flow, and stops
-cleanly on SIGTERM (``kill``, ``docker stop``, systemd) or SIGINT (Ctrl-C): exit 0. A lost
-connection is re-established by the dispatcher, which logs it; the service then logs
-``listening again ...``. Exit 2 if it cannot connect at start, 1 if the dispatcher stops by
-itself.
+The DSN is the argument, else what :func:`pgpubsub_dispatch.devserver.server` finds, like every
+example (``PGPUBSUB_DSN``, ``DATABASE_URL``, libpq's environment, else a throwaway server whose
+address it logs; see README.rst, "Servers for examples and tests"). It logs ``listening on
+...`` once notifications flow, and stops cleanly on SIGTERM (``kill``, ``docker stop``,
+systemd) or SIGINT (Ctrl-C): exit 0. A lost connection is re-established by the dispatcher,
+which logs it; the service then logs ``listening again ...``. Exit 2 if no server could be
+had or reached at start, 1 if the dispatcher stops by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -36,7 +36,14 @@ from types import FrameType
 
 import psycopg2
 
-from pgpubsub_dispatch import Dispatcher, Notification, disconnected, reconnected
+from pgpubsub_dispatch import (
+    Dispatcher,
+    NoServerAvailable,
+    Notification,
+    devserver,
+    disconnected,
+    reconnected,
+)
 
 log = logging.getLogger("service")
 
@@ -46,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "dsn",
         nargs="?",
-        default=os.environ.get("DATABASE_URL", ""),
-        help="libpq connection string or URI (default: $DATABASE_URL, else libpq's environment)",
+        help="libpq connection string or URI (default: $PGPUBSUB_DSN, $DATABASE_URL, libpq's "
+        "PG* environment, else a throwaway server)",
     )
     parser.add_argument(
         "--channel",
@@ -63,7 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return serve(args.dsn, args.channels or ["jobs"], args.done_channel)
+    try:
+        with devserver.server(args.dsn) as dsn:
+            return serve(dsn, args.channels or ["jobs"], args.done_channel)
+    except NoServerAvailable as exc:
+        log.error("%s", exc)
+        return 2
 
 
 def serve(dsn: str, channels: list[str], done_channel: str) -> int:

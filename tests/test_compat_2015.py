@@ -3,8 +3,8 @@
 Each ``program_*`` function below is a small 2015-style program; its only "import" is its
 ``pgpubsub`` argument (and ``triggers``, for ``pgpubsub.triggers``). Tests marked IDENTICAL run
 the same program against this package and against the 2015 package itself (see
-``tests/ancestor.py``) and assert the same outcome, counting every notification. Tests marked
-SAFETY check the only places where this package behaves differently, on purpose: text that
+``tests/support/ancestor.py``) and assert the same outcome, counting every notification. Tests
+marked SAFETY check the only places where this package behaves differently, on purpose: text that
 2015 pasted into SQL is refused with a clear error instead of being run.
 """
 
@@ -31,8 +31,9 @@ from psycopg2 import sql
 import pgpubsub_dispatch
 from pgpubsub_dispatch import triggers as new_triggers
 
-from .ancestor import ancestor_module
-from .conftest import BOUND, send
+from .support.ancestor import ancestor_module
+from .support.notifying import send
+from .support.waiting import BOUND
 
 Conn = psycopg2.extensions.connection
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import pgpubsub_dispatch
-from pgpubsub_dispatch import cli, compat, devserver, triggers
+from pgpubsub_dispatch import cli, compat, devserver, prometheus, triggers
 
 from .support.programs import QUICKSTART_OUTPUT
 from .support.waiting import BOUND
@@ -123,6 +123,8 @@ def test_readme_names_every_public_name() -> None:
         *pgpubsub_dispatch.__all__,
         *triggers.__all__,
         *devserver.__all__,
+        *prometheus.__all__,
+        *(n for n in vars(prometheus.DispatcherCollector) if not n.startswith("_")),
         *(n for n in vars(pgpubsub_dispatch.Dispatcher) if not n.startswith("_")),
         *(n for n in vars(compat.PubSub) if not n.startswith("_")),
         "get_backend_pid",
