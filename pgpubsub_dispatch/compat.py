@@ -32,7 +32,6 @@ import collections
 import contextlib
 import inspect
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from . import signals
+from . import _timeouts, signals
 from ._names import read_identifier
 from .dispatcher import Dispatcher
 from .errors import (
@@ -122,14 +121,16 @@ class _Inbox:
             error.__cause__ = self._lost
             raise error
 
-    def take(self, timeout: float, limit: int | None) -> list[Notification]:
+    def take(self, timeout: float | None, limit: int | None) -> list[Notification]:
         """Wait up to ``timeout`` seconds for a notification, then return up to ``limit``.
 
+        :param timeout: seconds; ``None`` or infinity waits as long as it takes.
         :returns: the oldest waiting notifications, ``[]`` if none came in time.
+        :raises ValueError: if ``timeout`` is negative or NaN (as 2015's ``select()`` did).
         :raises PubSubClosed, ConnectionLost: as :meth:`check`; notifications received before
             a lost session are returned first.
         """
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = _timeouts.deadline(_timeouts.check_timeout(timeout, "select_timeout"))
         with self._ready:
             while True:
                 if self._closed:
@@ -138,8 +139,8 @@ class _Inbox:
                     count = len(self._items) if limit is None else min(limit, len(self._items))
                     return [self._items.popleft() for _ in range(count)]
                 self.check()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = _timeouts.remaining(deadline)
+                if remaining == 0.0:
                     return []
                 self._ready.wait(remaining)
 
@@ -393,7 +394,7 @@ class PubSub:
         self._inbox.check()
         self._call(self.dispatcher.notify, channel, payload)
 
-    def get_event(self, select_timeout: float = 0) -> Notification | None:
+    def get_event(self, select_timeout: float | None = 0) -> Notification | None:
         """Return the oldest waiting notification, waiting up to ``select_timeout`` seconds.
 
         :param select_timeout: seconds to wait when none is waiting (default 0: never block).
@@ -404,7 +405,7 @@ class PubSub:
         found = self._inbox.take(select_timeout, 1)
         return found[0] if found else None
 
-    def get_events(self, select_timeout: float = 0) -> list[Notification] | None:
+    def get_events(self, select_timeout: float | None = 0) -> list[Notification] | None:
         """Return every waiting notification, waiting up to ``select_timeout`` s for the first.
 
         :param select_timeout: seconds to wait when none is waiting (default 0: never block).
@@ -414,7 +415,7 @@ class PubSub:
         return self._inbox.take(select_timeout, None) or None
 
     def events(
-        self, select_timeout: float = 5, yield_timeouts: bool = False
+        self, select_timeout: float | None = 5, yield_timeouts: bool = False
     ) -> Iterator[Notification | None]:
         """Yield notifications as they arrive, forever (stop iterating to end).
 
