@@ -4,6 +4,9 @@
 that was :func:`track`-ed then forgets its thread and connection (see
 ``Dispatcher._forget_after_fork``), after :func:`neutralise` has made the inherited socket
 harmless.
+
+:func:`_after_fork_in_child` runs in the child, on the thread that called ``fork()``, before
+any other code of the child.
 """
 
 from __future__ import annotations

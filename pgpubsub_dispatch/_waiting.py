@@ -1,7 +1,9 @@
 """Waiting on sockets: the one place where the dispatcher thread blocks.
 
 Uses ``select.poll`` where the platform has it (no FD_SETSIZE limit, so a process with more
-than 1024 open files still works) and ``select.select`` elsewhere.
+than 1024 open files still works) and ``select.select`` elsewhere. :func:`wait` and
+:meth:`Waker.drain`/:meth:`Waker.disarm` run on the dispatcher thread; :meth:`Waker.wake` on
+any thread.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ import select
 import socket
 
 __all__ = ["Waker", "wait"]
-
-READ = 1
-WRITE = 2
 
 
 def wait(reads: list[int], writes: list[int], timeout: float | None) -> set[int]:

@@ -4,6 +4,9 @@ Every class derives from :class:`PubSubError`, so ``except PubSubError`` catches
 ours, and also from the built-in class a user would naturally catch (``ValueError`` for bad
 input, ``RuntimeError`` for a dispatcher that cannot serve a call). Errors reported by the
 server are not wrapped: they reach the caller as the ``psycopg2.Error`` subclass psycopg2 raised.
+
+Plain classes: raised on whichever thread detects the problem, and always delivered to the
+thread that made the call.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Handlers receive the ``psycopg2.extensions.Notify`` objects psycopg2 builds as t
 copy: ``channel`` (``str``), ``payload`` (``str``) and ``pid`` (``int``, the sending backend's
 pid). :class:`Notification` describes that shape for type checkers; any object with those three
 attributes satisfies it.
+
+A type only: no code of it runs on any thread.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Lifecycle signals, sent by every :class:`~pgpubsub_dispatch.Dispatcher`.
 
 Module-level blinker signals; the sender is the dispatcher. Receivers run on the dispatcher's
-thread; an exception in one is logged (logger ``pgpubsub_dispatch``) and never stops the
-dispatcher. Connect for one dispatcher only with ``connected.connect(fn, sender=bus)``.
+thread, except ``handler_error``'s, which run on the thread that ran the handler (an
+executor's, with ``executor=``); an exception in one is logged (logger ``pgpubsub_dispatch``)
+and never stops the dispatcher. Connect for one dispatcher only with
+``connected.connect(fn, sender=bus)``.
 
 - ``connected(sender, backend_pid: int)``: the first connection of a ``start()`` is up and every
   channel is LISTENed; sent before ``start()`` returns.
@@ -10,8 +12,8 @@ dispatcher. Connect for one dispatcher only with ``connected.connect(fn, sender=
   ``None`` after ``stop()`` and the cause otherwise.
 - ``reconnected(sender, backend_pid: int)``: a new connection listens to every channel again;
   notifications sent during the gap may have been lost, so resynchronise.
-- ``handler_error(sender, handler, notification, error)``: a handler raised ``error`` while
-  handling ``notification``; the other handlers still received it.
+- ``handler_error(sender, handler, notification, error)``: a handler raised ``error`` (any
+  ``BaseException``) while handling ``notification``; the other handlers still received it.
 """
 
 from __future__ import annotations
@@ -28,5 +30,5 @@ disconnected = _signals.signal(
 )
 reconnected = _signals.signal("reconnected", doc="reconnected(sender, backend_pid: int)")
 handler_error = _signals.signal(
-    "handler_error", doc="handler_error(sender, handler, notification, error: Exception)"
+    "handler_error", doc="handler_error(sender, handler, notification, error: BaseException)"
 )

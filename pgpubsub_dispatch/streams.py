@@ -8,6 +8,9 @@ counted (``overflow="drop_oldest"``, the default), or the new one is (``"drop_ne
 
 It is a blocking iterator (``for``, :meth:`NotificationStream.get`) for threads and an async
 iterator (``async for``) for any asyncio event loop, in any thread.
+
+The handler (``_put``) runs on the dispatcher thread (or an executor's); readers run on their
+own threads or event loops; the buffer is guarded by the stream's condition variable.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 your data ("notify after insert"), run ``pg_notify`` on the connection that writes the data,
 in the same transaction: PostgreSQL delivers it at commit, and never if it rolls back
 (see NOTIFY in the PostgreSQL documentation).
+
+Runs entirely on the caller's thread, on the caller's connection.
 """
 
 from __future__ import annotations

@@ -76,6 +76,8 @@ PostgreSQL documentation relied on
 * ``pg_index``: https://www.postgresql.org/docs/current/catalog-pg-index.html
 * Identifiers (63-byte limit, quoting):
   https://www.postgresql.org/docs/current/sql-syntax-lexical.html#SQL-SYNTAX-IDENTIFIERS
+
+Every helper runs on the caller's thread, on the connection it is given.
 """
 
 from __future__ import annotations
