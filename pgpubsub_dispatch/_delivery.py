@@ -39,6 +39,7 @@ class Delivery:
     :param executor: where to run handlers, or ``None`` for the dispatcher thread.
     :param max_pending: with an executor, the most notifications waiting for it.
     :param wake: wakes the dispatcher thread (an executor made room after backpressure).
+    :param on_loop_thread: tells whether the calling thread is the dispatcher thread.
     """
 
     def __init__(
@@ -49,8 +50,10 @@ class Delivery:
         executor: Executor | None,
         max_pending: int,
         wake: Callable[[], None],
+        on_loop_thread: Callable[[], bool],
     ) -> None:
         self._sender = sender
+        self._on_loop_thread = on_loop_thread
         self._routes = routes
         self._counters = counters
         self.pending: collections.deque[Any] = collections.deque()
@@ -111,7 +114,8 @@ class Delivery:
                 call_all(handlers, notification, version)
         finally:
             self._counters.dispatched += dispatched
-            self._counters.dropped += dropped
+            if dropped:
+                self._counters.count_dropped(dropped)
 
     def _hand_off(self, work: ChannelWork, control: Control) -> None:
         routes, pending = self._routes, self.pending
@@ -128,7 +132,8 @@ class Delivery:
                     break
         finally:
             self._counters.dispatched += dispatched
-            self._counters.dropped += dropped
+            if dropped:
+                self._counters.count_dropped(dropped)
 
     def _call_on_executor(self, channel: str, notification: Any) -> None:
         routes = self._routes
@@ -178,20 +183,26 @@ class Delivery:
         )
 
     def forget(self, channel: str) -> None:
-        """``channel`` stopped being routed: drop what waits for it, pending or queued."""
+        """``channel`` stopped being routed: drop what waits for it, pending or queued.
+
+        Any thread (a caller records an unsubscribe while the dispatcher stops); ``pending``
+        is touched on the dispatcher thread only (elsewhere it is empty or being cleared).
+        """
         dropped = 0 if self.work is None else self.work.drop(channel)
         pending = self.pending
-        if pending and any(n.channel == channel for n in pending):
+        if self._on_loop_thread() and any(n.channel == channel for n in pending):
             kept = [n for n in pending if n.channel != channel]
             dropped += len(pending) - len(kept)
             pending.clear()
             pending.extend(kept)
-        self._counters.dropped += dropped
+        if dropped:
+            self._counters.count_dropped(dropped)
 
     def drop_pending(self) -> None:
         """Count every pending notification as dropped and forget them (stopping)."""
-        self._counters.dropped += len(self.pending)
-        self.pending.clear()
+        if self.pending:
+            self._counters.count_dropped(len(self.pending))
+            self.pending.clear()
 
 
 def send_signal(signal: blinker.Signal, sender: object, **kwargs: Any) -> None:

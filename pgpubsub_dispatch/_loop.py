@@ -83,7 +83,13 @@ class Loop:
         self._counters = counters
         self._on_stopped = on_stopped
         self.delivery = Delivery(
-            sender, routes, counters, options.executor, options.max_pending, self._wake_now
+            sender,
+            routes,
+            counters,
+            options.executor,
+            options.max_pending,
+            self._wake_now,
+            control.on_loop_thread,
         )
         routes.on_unroute = self.delivery.forget
         self.session: Session | None = None

@@ -1,8 +1,9 @@
 """Counters of a dispatcher's life, and the :class:`DispatcherStats` snapshot made from them.
 
-Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``, ``dropped``,
-``reconnects`` and ``last_error``; ``handler_errors`` is written by whichever thread ran the
-handler (the dispatcher thread or an executor's), so only under ``Counters.lock``. Any thread
+Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``,
+``reconnects``, ``last_error`` and ``queue_usage``; ``handler_errors`` (written by whichever
+thread ran the handler) and ``dropped`` (also written by a caller that unsubscribes while the
+dispatcher stops) change only under ``Counters.lock``. Any thread
 reads them (each is one ``int`` or ``str`` reference, read whole).
 """
 
@@ -60,7 +61,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        """Guards ``handler_errors``."""
+        """Guards ``handler_errors`` and ``dropped``."""
         self.received = 0
         self.dispatched = 0
         self.dropped = 0
@@ -68,6 +69,11 @@ class Counters:
         self.reconnects = 0
         self.last_error: str | None = None
         self.queue_usage: float | None = None
+
+    def count_dropped(self, count: int) -> None:
+        """``count`` more notifications dropped (any thread)."""
+        with self.lock:
+            self.dropped += count
 
     def count_handler_error(self) -> None:
         """One more handler exception (any thread)."""
