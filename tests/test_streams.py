@@ -18,7 +18,7 @@ import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, PayloadTooLarge
 
 from .support.notifying import Collector, send
-from .support.waiting import BOUND
+from .support.waiting import BOUND, wait_until
 
 
 def unique(prefix: str = "s") -> str:
@@ -55,9 +55,14 @@ def test_stream_iteration_ends_when_closed_from_another_thread(bus: Dispatcher) 
     seen: list[str] = []
     with bus.stream(channel) as stream:
         bus.notify_many([(channel, "x"), (channel, "y")])
-        threading.Timer(0.1, stream.close).start()
-        for notification in stream:
+        both_read = threading.Event()
+        closer = threading.Thread(target=lambda: both_read.wait(BOUND) and stream.close())
+        closer.start()
+        for notification in stream:  # blocks after "y" until the other thread closes it
             seen.append(notification.payload)
+            if len(seen) == 2:
+                both_read.set()
+        closer.join(BOUND)
     assert seen == ["x", "y"]
 
 
@@ -187,10 +192,7 @@ def test_queue_usage_and_heartbeat_report_it(dsn: str) -> None:
     with Dispatcher(dsn, heartbeat_interval=0.05) as bus:
         usage = bus.queue_usage(timeout=BOUND)
         assert isinstance(usage, float) and 0.0 <= usage <= 1.0
-        done = threading.Event()
-        threading.Timer(0.3, done.set).start()
-        done.wait(BOUND)
-        assert bus.stats().queue_usage is not None
+        wait_until(lambda: bus.stats().queue_usage is not None, "a heartbeat")
     with pytest.raises(pg.DispatcherStopped):
         bus.queue_usage()
 
