@@ -516,6 +516,9 @@ class Dispatcher:
             for command in commands:
                 self._loop.run_in_place(command, deadline)
             return
+        if self._loop.delivery.in_executor_task():  # never waits for the listening session
+            for command in commands:
+                command.from_handler = True
         with control.lock:
             if control.state is State.IDLE:
                 for command in commands:
@@ -597,6 +600,9 @@ class Dispatcher:
         session, self._loop.session = self._loop.session, None
         if session is not None:
             _fork.neutralise(session.conn)
+        side = self._loop.side.forget()
+        if side is not None:
+            _fork.neutralise(side)
         if control.waker is not None:
             control.waker.close()  # the child's copies only; the parent's stay open
             control.waker = None
