@@ -46,9 +46,11 @@ MEMORY_LABELS = {
 """Memory configurations by key."""
 
 _CHILD_START_SECONDS = 60.0
-_SLOW_HANDLER_SECONDS = 0.0001
-"""What each handler call takes in the executor soak: 4 threads then handle fewer notifications
-per second than the senders commit, so backpressure holds for most of the run."""
+_SLOW_HANDLER_SECONDS = 0.001
+_SLOW_EVERY = 50
+"""The executor soak's handler sleeps 1 ms every 50th call (20 µs a call on average, on one
+channel so one call at a time): it handles fewer notifications per second than the senders
+commit, so backpressure holds for most of the run."""
 _SETTLE_SECONDS = 0.5
 
 
@@ -184,8 +186,12 @@ def _memory_child(dsn: str, kind: str, channel: str, marker: str, pipe: Connecti
     def noop(_notification: Any) -> None:
         pass
 
+    calls = [0]
+
     def slow(_notification: Any) -> None:
-        time.sleep(_SLOW_HANDLER_SECONDS)
+        calls[0] += 1  # one channel: its handler calls never overlap
+        if calls[0] % _SLOW_EVERY == 0:
+            time.sleep(_SLOW_HANDLER_SECONDS)
 
     try:
         stop = threading.Event()
