@@ -36,6 +36,8 @@ class Settings:
         notify_threads: thread counts for ``Dispatcher.notify()``.
         memory_count: notifications received in each memory measurement.
         memory_warmup: notifications received before the memory baseline is taken.
+        backpressure_count: notifications committed while executor handlers are blocked, in
+            the memory workload's backpressure variant.
         idle_seconds: duration of the idle CPU measurement (made once per invocation).
         wait_seconds: longest any single receive measurement may take before it is failed.
     """
@@ -57,6 +59,7 @@ class Settings:
     notify_threads: tuple[int, ...] = (1, 8, 32)
     memory_count: int = 1_000_000
     memory_warmup: int = 20_000
+    backpressure_count: int = 300_000
     idle_seconds: float = 30.0
     wait_seconds: float = 60.0
 
@@ -83,6 +86,7 @@ def settings_for(quick: bool, runs: int | None = None, senders: int | None = Non
             notify_seconds=0.5,
             memory_count=100_000,
             memory_warmup=5_000,
+            backpressure_count=30_000,
             idle_seconds=3.0,
             wait_seconds=30.0,
         )

@@ -25,6 +25,7 @@ import resource
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -38,11 +39,18 @@ __all__ = ["MEMORY_LABELS", "idle", "memory"]
 MEMORY_LABELS = {
     "dispatcher": "Dispatcher, no-op handler",
     "dispatcher-unhandled": "Dispatcher, no handler",
+    "dispatcher-executor": "Dispatcher, slow executor",
+    "dispatcher-backpressure": "Dispatcher, backpressure",
     "psycopg2": "psycopg2 loop",
 }
 """Memory configurations by key."""
 
 _CHILD_START_SECONDS = 60.0
+_SLOW_HANDLER_SECONDS = 0.001
+_SLOW_EVERY = 50
+"""The executor soak's handler sleeps 1 ms every 50th call (20 µs a call on average, on one
+channel so one call at a time): it handles fewer notifications per second than the senders
+commit, so backpressure holds for most of the run."""
 _SETTLE_SECONDS = 0.5
 
 
@@ -118,6 +126,16 @@ def memory(ctx: Context) -> dict[str, Figures]:
             "{growth_mb:>+10.2f} MB peak growth (baseline {baseline_mb:.1f} MB)",
         )
         for kind, label in MEMORY_LABELS.items()
+        if kind != "dispatcher-backpressure"
+    } | {
+        "dispatcher-backpressure": ctx.measure(
+            "memory",
+            "dispatcher-backpressure",
+            MEMORY_LABELS["dispatcher-backpressure"],
+            lambda: _backpressure_once(ctx),
+            "{growth_mb:>+10.2f} MB peak growth (baseline {baseline_mb:.1f} MB), "
+            "{backpressure_count} held back, all {delivered} delivered",
+        )
     }
 
 
@@ -168,6 +186,13 @@ def _memory_child(dsn: str, kind: str, channel: str, marker: str, pipe: Connecti
     def noop(_notification: Any) -> None:
         pass
 
+    calls = [0]
+
+    def slow(_notification: Any) -> None:
+        calls[0] += 1  # one channel: its handler calls never overlap
+        if calls[0] % _SLOW_EVERY == 0:
+            time.sleep(_SLOW_HANDLER_SECONDS)
+
     try:
         stop = threading.Event()
         if kind == "psycopg2":
@@ -187,14 +212,22 @@ def _memory_child(dsn: str, kind: str, channel: str, marker: str, pipe: Connecti
         else:
             from pgpubsub_dispatch import Dispatcher
 
-            bus = Dispatcher(dsn)
+            executor = ThreadPoolExecutor(4) if kind == "dispatcher-executor" else None
+            bus = Dispatcher(dsn, executor=executor)
             if kind == "dispatcher":
                 bus.subscribe(channel, noop)
+            elif kind == "dispatcher-executor":
+                bus.subscribe(channel, slow)
             else:
                 bus.listen(channel)
             bus.subscribe(marker, on_marker)
             bus.start()
-            close = bus.stop
+
+            def close() -> None:
+                bus.stop()
+                if executor is not None:
+                    executor.shutdown()
+
         pipe.send(("ready",))
         if not phases["warmup"].wait(120):
             raise TimeoutError("no warm-up marker")
@@ -222,6 +255,126 @@ def _plain_loop(conn: Any, marker: str, handler: Any, on_marker: Any, stop: Any)
                 else:
                     handler(notification)
             conn.notifies.clear()
+
+
+# ------------------------------------------------------------------------ memory, backpressure
+
+_BACKPRESSURE_MAX_PENDING = 1000
+_BACKPRESSURE_HEARTBEAT = 1.0
+_BACKPRESSURE_HOLD_SECONDS = 3.0
+
+
+def _backpressure_once(ctx: Context) -> Figures:
+    """Handlers blocked on an executor (``max_pending=1000``, 1 s heartbeat) while
+    ``backpressure_count`` notifications are committed; meanwhile ``notify()`` is called from
+    another thread and from a blocked handler, and three heartbeats are due. Growth = peak RSS
+    over that time - the baseline after a warm-up; then the handlers are released and every
+    notification must arrive."""
+    s = ctx.settings
+    count = s.backpressure_count
+    channel, other = ctx.channel("bp"), ctx.channel("bp_other")
+    process, pipe = _child(_backpressure_child, ctx.dsn, channel, other)
+    bound = s.wait_seconds + count / 1e4
+    try:
+        _expect(pipe, "ready", _CHILD_START_SECONDS)
+        warmup = s.memory_warmup
+        ctx.pool.batched(channel, warmup).wait(s.wait_seconds)
+        pipe.send(("warmup", warmup))
+        (baseline_kb,) = _expect(pipe, "baseline", s.wait_seconds)
+        sent = ctx.pool.batched(channel, count).wait(bound)
+        pipe.send(("meanwhile",))
+        peak_kb, rss_kb, held, notify_seconds = _expect(pipe, "peak", bound)
+        started = time.monotonic()
+        pipe.send(("release", warmup + count))
+        delivered, dropped = _expect(pipe, "delivered", bound)
+        elapsed = time.monotonic() - started
+    finally:
+        _end(process, pipe)
+    return {
+        "growth_mb": (peak_kb - baseline_kb) / 1024,
+        "baseline_mb": baseline_kb / 1024,
+        "peak_mb": peak_kb / 1024,
+        "final_mb": rss_kb / 1024,
+        "notifications": count,
+        "backpressure_count": count,
+        "held_in_memory": held,
+        "notify_seconds": notify_seconds,
+        "delivered": delivered - warmup,
+        "dropped": dropped,
+        "receive_rate": count / elapsed,
+        "sender_rate": sent.rate,
+    }
+
+
+def _backpressure_child(dsn: str, channel: str, other: str, pipe: Connection) -> None:
+    """In the child: the blocked executor, the calls made meanwhile, the peak, the release."""
+    from pgpubsub_dispatch import Dispatcher
+
+    armed, entered, meanwhile = threading.Event(), threading.Event(), threading.Event()
+    release, notified = threading.Event(), threading.Event()
+    lock = threading.Lock()
+    counted = [0]
+    executor = ThreadPoolExecutor(4)
+    bus = Dispatcher(
+        dsn,
+        executor=executor,
+        max_pending=_BACKPRESSURE_MAX_PENDING,
+        heartbeat_interval=_BACKPRESSURE_HEARTBEAT,
+    )
+
+    def gated(_notification: Any) -> None:
+        with lock:
+            counted[0] += 1
+        if not armed.is_set():
+            return
+        if not entered.is_set():
+            entered.set()
+            meanwhile.wait(600)
+            bus.notify(other, "from a handler on the executor", timeout=60)
+            notified.set()
+        release.wait(600)
+
+    try:
+        bus.subscribe(channel, gated)
+        bus.start()
+        pipe.send(("ready",))
+        _, warmup = pipe.recv()
+        deadline = time.monotonic() + 120
+        while counted[0] < warmup:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the warm-up notifications did not arrive")
+            time.sleep(0.01)
+        baseline = _rss_kb()
+        reset = _reset_peak()
+        armed.set()
+        pipe.send(("baseline", baseline))
+        pipe.recv()  # everything is committed: the handlers are blocked
+        started = time.monotonic()
+        bus.notify(other, "from another thread", timeout=60)
+        meanwhile.set()
+        if not notified.wait(60):
+            raise TimeoutError("notify() from a handler on the executor did not return")
+        notify_seconds = time.monotonic() - started
+        time.sleep(_BACKPRESSURE_HOLD_SECONDS)  # heartbeats come due meanwhile
+        stats = bus.stats()
+        held = stats.received - stats.dispatched - stats.dropped + stats.pending
+        pipe.send(("peak", _peak_kb(reset), _rss_kb(), held, notify_seconds))
+        _, total = pipe.recv()
+        release.set()
+        deadline = time.monotonic() + 600
+        while counted[0] < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{counted[0]} of {total} notifications arrived")
+            time.sleep(0.05)
+        pipe.send(("delivered", counted[0], bus.stats().dropped))
+        bus.stop()
+        executor.shutdown()
+    except Exception as exc:
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        release.set()
+        meanwhile.set()
+    pipe.poll(30)
 
 
 # ------------------------------------------------------------------------------------- idle

@@ -11,6 +11,7 @@ thread, or in a caller's thread while the dispatcher is not running (``record``)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ __all__ = [
     "Notify",
     "NotifyBatch",
     "QueueUsage",
+    "Resync",
     "Served",
     "Statement",
     "Subscribe",
@@ -37,6 +39,8 @@ __all__ = [
 
 Statement = tuple["str | sql.Composable", Any]
 """A query and its parameters."""
+
+log = logging.getLogger("pgpubsub_dispatch")
 
 _NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 # unnest() yields the pairs in array order, so they are notified (and delivered) in order.
@@ -58,17 +62,29 @@ class Served(Protocol):
     def check_heartbeat(self, row: tuple[Any, ...]) -> None:
         """Judge a heartbeat's result; raise if the session is deaf."""
 
+    def resynced(self, listened: frozenset[str], unlistened: frozenset[str]) -> None:
+        """The session now LISTENs to ``listened`` too, and no longer to ``unlistened``."""
+
 
 class Command:
     """Base of every command: the future the caller waits on, and default behaviour."""
 
-    __slots__ = ("future",)
+    __slots__ = ("from_handler", "future")
 
     needs_session = False
     """``True``: held while reconnecting, refused while stopped; ``False``: recorded."""
 
+    any_session = False
+    """``True``: needs no LISTEN, so it may run on the side session (notify, queue usage)."""
+
+    removes_routes = False
+    """``True``: it can only remove routes (unlisten, unsubscribe), so it may take effect in
+    the routing table at once, its statement following when the listening session is free."""
+
     def __init__(self) -> None:
         self.future: Future[Any] = Future()
+        self.from_handler = False
+        """Set when a handler running on the executor made the call (see ``_loop``)."""
 
     @property
     def name(self) -> str:
@@ -158,6 +174,8 @@ class Unlisten(Command):
 
     __slots__ = ("channel",)
 
+    removes_routes = True
+
     def __init__(self, channel: str) -> None:
         super().__init__()
         self.channel = check_channel(channel)
@@ -177,6 +195,8 @@ class Unsubscribe(Command):
     """Remove ``handler``; UNLISTEN when nothing else wants the channel."""
 
     __slots__ = ("channel", "handler")
+
+    removes_routes = True
 
     def __init__(self, channel: str, handler: Handler) -> None:
         super().__init__()
@@ -206,6 +226,7 @@ class Notify(Command):
     __slots__ = ("alone", "channel", "payload")
 
     needs_session = True
+    any_session = True
 
     def __init__(self, channel: str, payload: str) -> None:
         super().__init__()
@@ -229,6 +250,7 @@ class NotifyBatch(Command):
     __slots__ = ("notifies",)
 
     needs_session = True
+    any_session = True
 
     def __init__(self, notifies: list[Notify]) -> None:
         super().__init__()
@@ -269,6 +291,7 @@ class QueueUsage(Command):
     __slots__ = ()
 
     needs_session = True
+    any_session = True
 
     def statement(self, routes: Routes) -> Statement | None:
         return _QUEUE_USAGE_SQL, None
@@ -296,3 +319,35 @@ class Heartbeat(Command):
 
     def interrupted(self, reason: BaseException, routes: Routes) -> None:
         self.future.set_result(None)  # nobody waits for it
+
+
+class Resync(Command):
+    """The dispatcher's own catch-up: the LISTENs and UNLISTENs of channel changes that were
+    recorded while the listening session could not be used (backpressure), in one round trip.
+    """
+
+    __slots__ = ("listen", "unlisten")
+
+    def __init__(self, listen: frozenset[str], unlisten: frozenset[str]) -> None:
+        super().__init__()
+        self.listen = listen
+        self.unlisten = unlisten
+
+    def statement(self, routes: Routes) -> Statement | None:
+        parts = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in sorted(self.listen)]
+        parts += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in sorted(self.unlisten)]
+        return (sql.SQL("; ").join(parts), None) if parts else None
+
+    def apply(self, served: Served) -> Any:
+        served.resynced(self.listen, self.unlisten)
+
+    def refused(self, error: BaseException, requeue: Callable[[list[Notify]], None]) -> None:
+        log.warning(
+            "catching up with channel changes made under backpressure failed: %s (the "
+            "next reconnection LISTENs every wanted channel)",
+            " ".join(str(error).split()),
+        )
+        self.future.set_result(None)
+
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        self.future.set_result(None)  # nobody waits; the new session LISTENs what is wanted

@@ -72,6 +72,19 @@ class Delivery:
         return self.work is not None and self.work.backpressure
 
     @property
+    def stalled(self) -> bool:
+        """Whether notifications wait for the executor to make room (dispatcher thread).
+
+        While stalled, the dispatcher reads nothing more from the server: what is read stays
+        bounded by ``max_pending`` plus one read of the socket (see ``_loop``).
+        """
+        return self.work is not None and bool(self.pending)
+
+    def in_executor_task(self) -> bool:
+        """Whether the calling thread is running handlers for this dispatcher's executor."""
+        return self.work is not None and self.work.in_task()
+
+    @property
     def waiting_for_executor(self) -> int:
         """Notifications handed to the executor and not yet handled."""
         return 0 if self.work is None else self.work.pending

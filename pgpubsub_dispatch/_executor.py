@@ -48,6 +48,11 @@ class ChannelWork:
         """Notifications waiting, all channels together."""
         self.backpressure = False
         """Set when a hand-off was refused; cleared when a task makes room."""
+        self._local = threading.local()  # .draining: this thread runs one of our tasks
+
+    def in_task(self) -> bool:
+        """Whether the calling thread is running one of this object's tasks (a handler)."""
+        return bool(getattr(self._local, "draining", False))
 
     def hand_off(self, notification: Any) -> bool:
         """Queue ``notification`` for its channel's task; ``False`` (and backpressure) if full."""
@@ -85,6 +90,14 @@ class ChannelWork:
 
     def _drain(self, channel: str) -> None:
         """The task (executor thread): handle ``channel``'s notifications in order, then end."""
+        local = self._local
+        outer, local.draining = getattr(local, "draining", False), True
+        try:
+            self._drain_marked(channel)
+        finally:
+            local.draining = outer
+
+    def _drain_marked(self, channel: str) -> None:
         while True:
             with self._lock:
                 queue = self._queues.get(channel)

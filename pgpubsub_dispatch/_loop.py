@@ -10,11 +10,34 @@ When the session is lost, the thread reconnects with jittered exponential backof
 every wanted channel again in one round trip, and sends ``reconnected`` before dispatching
 anything. Meanwhile channel changes are recorded and applied on reconnect, and notifies are
 held until a session is up (or their caller gives up).
+
+Backpressure (with an executor): when ``max_pending`` notifications wait for the executor,
+the thread neither reads nor writes the listening session until the executor makes room, so
+the backlog stays in the server's queue and memory holds at most ``max_pending``
+notifications plus what one read of the socket brought. Nothing may run on that session
+meanwhile, because the server sends every notification it has queued for a session before it
+answers it: any statement, even a heartbeat, would make libpq read the whole backlog. So,
+while backpressured (``Delivery.stalled``):
+
+- a statement already in flight waits (its deadline paused), and the heartbeat is postponed:
+  the session's liveness is left to TCP keepalives, which the dispatcher turns on;
+- ``notify`` and ``queue_usage`` run on the side session (``_side``);
+- ``unlisten``/``unsubscribe`` take effect in the routing table at once (no handler is called
+  after they return) and their UNLISTEN follows once backpressure ends (``Resync``);
+- ``listen``/``subscribe`` wait for backpressure to end (their caller's timeout bounds it).
+
+A handler running on the executor never waits for the listening session, backpressured or
+not, since backpressure could begin under it and its own channel could then never drain: its
+notifies always use the side session, and its channel changes are recorded at once, their
+statements following (for ``listen``, as while reconnecting: a notification committed before
+the LISTEN runs is not received). Without an executor none of this applies: the hot path is
+unchanged.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 import threading
@@ -27,12 +50,13 @@ import psycopg2
 from psycopg2 import sql
 
 from . import _timeouts, signals
-from ._commands import Command, Heartbeat, Notify, NotifyBatch
+from ._commands import Command, Heartbeat, Notify, NotifyBatch, Resync
 from ._control import Control, State
 from ._delivery import Delivery, send_signal
 from ._options import Options
 from ._routing import Routes, listen_sql
 from ._session import POLL_WRITE, Session, one_line
+from ._side import SideSession
 from ._stats import Counters
 from ._text import plural
 from ._waiting import wait
@@ -95,6 +119,12 @@ class Loop:
         self.session: Session | None = None
         self.held: collections.deque[Command] = collections.deque()
         """Commands that need a session, waiting for one (reconnecting)."""
+        self.side = SideSession(options, routes)
+        self.waiting: collections.deque[Command] = collections.deque()
+        """``listen``/``subscribe`` calls waiting for backpressure to end (not taken yet)."""
+        self._unlisten_owed: set[str] = set()  # unrouted under backpressure, still LISTENed
+        self._resync_due = False  # channel changes recorded under backpressure: catch up
+        self._stalled_since: float | None = None
         self._next_heartbeat = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -171,6 +201,9 @@ class Loop:
             finally:
                 self._raise_if_stopping()
         self.routes.session_listens(channels)
+        self._unlisten_owed.clear()
+        self._resync_due = False
+        self._stalled_since = None
         self._control.backend_pid = session.backend_pid
         self._schedule_heartbeat()
         log.info(
@@ -203,6 +236,9 @@ class Loop:
         self._close()
         if command is not None:
             command.interrupted(reason, self.routes)
+        # Not sent yet: to be served (or held) like any queued command.
+        self._control.queue.extendleft(reversed([*self.waiting, *self.side.give_back(reason)]))
+        self.waiting.clear()
         self._deliver()  # what arrived before the loss was listened to: deliver it
         self.delivery.pending.clear()
         # The routing table stays until the reconnection replaces it: executor tasks use it.
@@ -295,11 +331,13 @@ class Loop:
         )
         stopped.__cause__ = error
         inflight = None if self.session is None else self.session.finish()
-        for command in (inflight, *control.queue, *self.held):
+        for command in (inflight, *control.queue, *self.held, *self.waiting):
             if command is not None:
                 command.stopped(stopped)
         control.queue.clear()
         self.held.clear()
+        self.waiting.clear()
+        self.side.stop(stopped)
         self._unlisten_all(error)
         self._close()
         self.delivery.drop_pending()  # received, but stop() came first
@@ -345,25 +383,32 @@ class Loop:
 
         :raises ConnectionLost: when the session is gone or fails its heartbeat.
         """
-        control, session = self._control, self.session
+        control, session, side = self._control, self.session, self.side
         waker = control.waker
         assert session is not None and waker is not None
         conn_fd, wake_fd = session.fd, waker.fileno()
+        executor = self.delivery.work is not None
         grace: float | None = None  # for a command in flight when stop() came
+        stalled = False
         while True:
             if control.lost is not None:  # noticed by a handler's in-place call
                 lost, control.lost = control.lost, None
                 raise lost
+            if executor:
+                self._deliver()  # hand off first: what is left decides whether to read
+                stalled = self._note_stall()
             if control.stop_requested:
-                if session.inflight is None:
+                if session.inflight is None and side.inflight is None:
                     return
                 if grace is None:
                     grace = _timeouts.deadline(_STOP_GRACE_SECONDS)
                 elif _timeouts.remaining(grace) == 0.0:
                     return  # shutdown fails the command in flight with DispatcherStopped
             else:
-                self._start_next_command()
-                if session.inflight is None:
+                self._start_next_command(stalled)
+                if side.queue:
+                    self._start_side()
+                if session.inflight is None and not stalled:
                     self._heartbeat_if_due()
             if session.inflight is None:
                 self._deliver()
@@ -372,28 +417,59 @@ class Loop:
                 waker.disarm()  # idle from here: callers must write to wake us
                 if control.queue:
                     continue  # queued before the disarm: its wake() wrote nothing
-            timeout = self._next_timeout(grace)
-            if session.inflight is not None and session.waits_for == POLL_WRITE:
-                ready = wait([wake_fd], [conn_fd], timeout)
-            elif session.inflight is None and self.delivery.backpressure:
-                ready = wait([wake_fd], [], timeout)  # read nothing until handlers catch up
+            timeout = self._next_timeout(grace, stalled)
+            reads, writes = [wake_fd], []
+            if stalled:
+                pass  # neither read nor write: the backlog stays in the server's queue
+            elif session.inflight is not None and session.waits_for == POLL_WRITE:
+                writes.append(conn_fd)
             else:
-                ready = wait([conn_fd, wake_fd], [], timeout)
+                reads.append(conn_fd)
+            side_fd = side.watch(reads, writes)
+            ready = wait(reads, writes, timeout)
             if wake_fd in ready:
                 waker.drain()
             if conn_fd in ready:
                 self._poll()
-            elif not ready:
-                self._check_inflight_deadline()
+            if side_fd is not None and side_fd in ready and side.session is not None:
+                side.poll()
+            if not ready:
+                if not stalled:
+                    self._check_inflight_deadline()
+                side.check_deadline()
 
-    def _next_timeout(self, grace: float | None) -> float:
-        """Seconds until something is due: the stop grace, a deadline or the heartbeat."""
+    def _note_stall(self) -> bool:
+        """Whether backpressure holds now; when it ends, the paused deadline counts again."""
+        stalled = self.delivery.stalled
+        since = self._stalled_since
+        if stalled and since is None:
+            self._stalled_since = time.monotonic()
+        elif not stalled and since is not None:
+            self._stalled_since = None
+            session = self.session
+            # The statement in flight was not read meanwhile: that was no fault of the server.
+            if session is not None and session.inflight_deadline is not None:
+                session.inflight_deadline += time.monotonic() - since
+        return stalled
+
+    def _start_side(self) -> None:
+        waker = self._control.waker
+        assert waker is not None
+        with contextlib.suppress(DispatcherStopped):  # stop() while opening it: we stop next
+            self.side.start_next(waker, self._raise_if_stopping)
+
+    def _next_timeout(self, grace: float | None, stalled: bool = False) -> float:
+        """Seconds until something is due: the stop grace, a deadline or the heartbeat
+        (neither of the last two counts while backpressured)."""
         due = grace
         session = self.session
-        if self._options.heartbeat_interval is not None and session is not None:
+        if self._options.heartbeat_interval is not None and session is not None and not stalled:
             beat = session.inflight_deadline if session.inflight else self._next_heartbeat
             if beat is not None and (due is None or beat < due):
                 due = beat
+        side_due = self.side.next_deadline()
+        if side_due is not None and (due is None or side_due < due):
+            due = side_due
         return _timeouts.seconds_until(due)
 
     def _check_inflight_deadline(self) -> None:
@@ -424,16 +500,82 @@ class Loop:
             heartbeat.take()
             self._begin(heartbeat)
 
-    def _start_next_command(self) -> None:
-        """Take queued commands until one needs the server (or the queue is empty)."""
-        queue, session = self._control.queue, self.session
+    def _start_next_command(self, stalled: bool = False) -> None:
+        """Take queued commands until one needs the server (or the queue is empty).
+
+        While ``stalled`` (backpressure), and for every call made by a handler on the
+        executor, nothing is started on the listening session: see the module's docstring.
+        """
+        control, session, side = self._control, self.session, self.side
+        queue = control.queue
         assert session is not None
-        while queue and session.inflight is None and self._control.lost is None:
-            command = queue.popleft()
+        if not stalled and session.inflight is None:
+            if self.waiting:
+                queue.extendleft(reversed(self.waiting))
+                self.waiting.clear()
+            if self._resync_due:
+                self._resync()
+        while queue and control.lost is None:
+            command = queue[0]
+            if stalled or command.from_handler or (command.any_session and side.busy):
+                queue.popleft()
+                self._redirect(command)
+                continue
+            if session.inflight is not None:
+                return
+            queue.popleft()
             if command.take():
                 if type(command) is Notify and not command.alone:
                     command = self._gather_notifies(command)
                 self._begin(command)
+
+    def _redirect(self, command: Command) -> None:
+        """Serve ``command`` without the listening session (backpressure, or a handler's call).
+
+        A notify or queue usage goes to the side session (also while it has others, so that
+        commits keep their order); an unlisten or unsubscribe, or any channel change made by a
+        handler on the executor, is recorded in the routing table at once, its statement
+        following; a listen or subscribe from any other thread waits for backpressure to end.
+        """
+        if command.any_session:
+            self.side.submit(command)
+        elif command.removes_routes or command.from_handler:
+            if command.take():
+                try:
+                    self._record_for_later(command)
+                except Exception as exc:
+                    command.future.set_exception(exc)
+                    return
+                command.future.set_result(None)
+        else:
+            self.waiting.append(command)  # not taken: its caller can still give up
+
+    def _record_for_later(self, command: Command) -> None:
+        routes = self.routes
+        before = routes.listening
+        command.record(routes)
+        self._unlisten_owed |= before - routes.listening  # the session still LISTENs to them
+        self._resync_due = True
+
+    def _resync(self) -> None:
+        """LISTEN and UNLISTEN what changed while the listening session could not be used."""
+        routes = self.routes
+        self._resync_due = False
+        listen = routes.wanted - routes.listening
+        unlisten = frozenset(self._unlisten_owed - routes.wanted)
+        command = Resync(listen, unlisten)
+        command.take()
+        self._begin(command)
+
+    def resynced(self, listened: frozenset[str], unlistened: frozenset[str]) -> None:
+        """A :class:`Resync` committed: route what is still wanted, owe what no longer is."""
+        routes = self.routes
+        routes.session_also_listens(listened)
+        self._unlisten_owed -= listened | unlistened
+        gone = listened - routes.wanted  # unrouted while the statement was on its way
+        if gone:
+            self._unlisten_owed |= gone
+            self._resync_due = True
 
     def _gather_notifies(self, first: Notify) -> Command:
         """Take the notifies queued right behind ``first`` to share its transaction.
@@ -448,7 +590,7 @@ class Loop:
         taken = {(first.channel, first.payload)}
         while queue and len(batch) < _MAX_BATCH:
             candidate = queue[0]
-            if type(candidate) is not Notify or candidate.alone:
+            if type(candidate) is not Notify or candidate.alone or candidate.from_handler:
                 break
             pair = (candidate.channel, candidate.payload)
             if pair in taken:

@@ -143,6 +143,13 @@ class Routes:
                 return False
             return self._unroute(channel)
 
+    def session_also_listens(self, channels: frozenset[str]) -> None:
+        """The session now LISTENs to ``channels`` too (those still wanted get routed)."""
+        with self._lock:
+            for channel in channels & self.wanted:
+                self._listening.add(channel)
+                self._publish(channel)
+
     def session_listens(self, channels: frozenset[str]) -> None:
         """A new session LISTENs to exactly ``channels`` (empty: none, after stopping)."""
         with self._lock:

@@ -94,7 +94,12 @@ class Dispatcher:
     :param max_pending: with an ``executor``, the most notifications waiting for it (default
         10,000). When reached, the dispatcher applies backpressure: it stops reading
         notifications from the server (which keeps them in its queue) until handlers catch up,
-        while commands (``notify``, ``listen``, ...) are still served. Nothing is dropped.
+        so it holds at most ``max_pending`` notifications plus one read of the socket. Nothing
+        is dropped. Meanwhile nothing runs on the listening session: ``notify`` and
+        ``queue_usage`` use a second connection (opened on first need), ``unlisten`` and
+        ``unsubscribe`` take effect at once, ``listen`` and ``subscribe`` wait for
+        backpressure to end, and the heartbeat waits too. A handler on the executor never
+        waits for the listening session (its channel changes return at once).
     :param queue_warning: the fraction of the server's notification queue in use
         (``pg_notification_queue_usage()``, checked by each heartbeat) above which a warning
         is logged (default 0.5).
@@ -516,6 +521,9 @@ class Dispatcher:
             for command in commands:
                 self._loop.run_in_place(command, deadline)
             return
+        if self._loop.delivery.in_executor_task():  # never waits for the listening session
+            for command in commands:
+                command.from_handler = True
         with control.lock:
             if control.state is State.IDLE:
                 for command in commands:
@@ -597,6 +605,9 @@ class Dispatcher:
         session, self._loop.session = self._loop.session, None
         if session is not None:
             _fork.neutralise(session.conn)
+        side = self._loop.side.forget()
+        if side is not None:
+            _fork.neutralise(side)
         if control.waker is not None:
             control.waker.close()  # the child's copies only; the parent's stay open
             control.waker = None
