@@ -1,8 +1,9 @@
 """Counters of a dispatcher's life, and the :class:`DispatcherStats` snapshot made from them.
 
 Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``, ``dropped``,
-``reconnects`` and ``last_error``; ``handler_errors`` is written by whichever thread ran the
-handler (the dispatcher thread or an executor's), so only under ``Counters.lock``. Any thread
+``reconnects`` and ``last_error``; ``handler_errors`` and ``handler_dropped`` are written by
+whichever thread ran the handler (the dispatcher thread, an executor's, an event loop's), so
+only under ``Counters.lock``. Any thread
 reads them (each is one ``int`` or ``str`` reference, read whole).
 """
 
@@ -35,6 +36,9 @@ class DispatcherStats:
         pending: notifications waiting for the executor (``executor=`` only; else 0).
         backpressure: ``True`` while ``max_pending`` is reached and the dispatcher reads
             nothing from the server until handlers catch up.
+        handler_dropped: notifications a coroutine handler never received: its event loop
+            fell more than ``COROUTINE_BUFFER`` (10,000) notifications behind (the oldest
+            are dropped), its loop was closed, or it was unsubscribed before their turn came.
     """
 
     received: int
@@ -48,6 +52,7 @@ class DispatcherStats:
     held: int = 0
     pending: int = 0
     backpressure: bool = False
+    handler_dropped: int = 0
 
     @property
     def connected(self) -> bool:
@@ -60,7 +65,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        """Guards ``handler_errors``."""
+        """Guards ``handler_errors`` and ``handler_dropped``."""
         self.received = 0
         self.dispatched = 0
         self.dropped = 0
@@ -68,8 +73,14 @@ class Counters:
         self.reconnects = 0
         self.last_error: str | None = None
         self.queue_usage: float | None = None
+        self.handler_dropped = 0
 
     def count_handler_error(self) -> None:
         """One more handler exception (any thread)."""
         with self.lock:
             self.handler_errors += 1
+
+    def count_handler_dropped(self, count: int) -> None:
+        """``count`` more notifications a coroutine handler's buffer dropped (any thread)."""
+        with self.lock:
+            self.handler_dropped += count

@@ -18,17 +18,19 @@ Information Functions) and libpq's asynchronous command processing and keepalive
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import blinker
 
 from . import _fork, _timeouts
+from ._adapters import Decode, adapt
 from ._commands import (
     Command,
     Listen,
@@ -46,13 +48,18 @@ from ._routing import Handler, Routes
 from ._stats import Counters, DispatcherStats
 from ._waiting import Waker
 from .errors import DispatcherStopped, NotConnected
+from .notification import DecodedNotification, Notification
 from .streams import NotificationStream
 
 __all__ = ["Dispatcher", "DispatcherStats"]
 
 log = logging.getLogger("pgpubsub_dispatch")
 
-H = TypeVar("H", bound=Handler)
+H = TypeVar("H", bound=Callable[[Notification], object])
+"""A handler: called with a :class:`Notification` (``async def`` handlers too)."""
+
+D = TypeVar("D", bound=Callable[[DecodedNotification[Any]], object])
+"""A handler subscribed with ``decode=``: called with a :class:`DecodedNotification`."""
 
 _FORKED_MESSAGE = (
     "this Dispatcher was started in a parent process and inherited through fork(); "
@@ -197,6 +204,7 @@ class Dispatcher:
             held=len(self._loop.held),
             pending=delivery.waiting_for_executor,
             backpressure=delivery.backpressure,
+            handler_dropped=counters.handler_dropped,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
@@ -411,24 +419,82 @@ class Dispatcher:
         self._submit(command, timeout)
         return float(command.future.result(0))
 
-    def subscribe(self, channel: str, handler: H, timeout: float | None = None) -> H:
+    @overload
+    def subscribe(
+        self,
+        channel: str,
+        handler: H,
+        timeout: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: None = None,
+    ) -> H: ...
+
+    @overload
+    def subscribe(
+        self,
+        channel: str,
+        handler: D,
+        timeout: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Callable[[str], object] | Literal["json"],
+    ) -> D: ...
+
+    def subscribe(
+        self,
+        channel: str,
+        handler: Callable[[Any], object],
+        timeout: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Decode | None = None,
+    ) -> Callable[[Any], object]:
         """Connect ``handler`` to ``channel`` (strong reference) and LISTEN to it.
 
         Handlers of a channel are called in subscription order, one at a time, on the
         dispatcher thread, with the notification as their one positional argument. Subscribing
-        the same handler twice to a channel calls it once.
+        the same handler twice to a channel keeps it once (with what the first call gave it).
+
+        An ``async def`` handler (a coroutine function) runs on an asyncio event loop: ``loop``,
+        else the loop running in the calling thread. Its calls for this channel run one after
+        another, in arrival order, never concurrently; the dispatcher only hands them to the
+        loop (``call_soon_threadsafe``) and never waits for it. Up to 10,000 notifications wait
+        for a slow loop, then the oldest are dropped (``stats().handler_dropped``); once the loop
+        is closed, they are all dropped. Its exceptions are sent as ``handler_error`` from the
+        loop's thread.
+
+        With ``decode`` (a callable taking the payload ``str``, or ``"json"`` for
+        :func:`json.loads`), the handler gets a :class:`DecodedNotification` whose ``value`` is
+        the decoded payload; a payload that does not decode is sent as ``handler_error`` with
+        the raw notification, and the handler is not called for it.
 
         :param channel: exact, case-sensitive channel name.
-        :param handler: a callable taking one positional argument.
+        :param handler: a callable taking one positional argument, or a coroutine function.
         :param timeout: seconds to wait for the LISTEN; ``None`` waits as long as it takes.
+        :param loop: the :class:`asyncio.AbstractEventLoop` to run a coroutine handler on.
+        :param decode: ``None`` (default: the raw notification), ``"json"``, or a callable.
         :returns: ``handler``, unchanged.
         :raises InvalidChannelName: if the name is not acceptable.
-        :raises TypeError: if ``handler`` is not callable.
+        :raises TypeError: if ``handler`` is not callable; for a coroutine handler without a
+            loop (none given, none running in this thread); for ``loop`` with a handler that
+            is not a coroutine function; for a ``decode`` that is not callable.
+        :raises ValueError: if ``loop`` is closed, or ``decode`` is a string but not ``"json"``.
         :raises psycopg2.Error: if the LISTEN fails; the handler is then not connected.
         :raises TimeoutError: if ``timeout`` passes first.
         :raises DispatcherStopped: if the dispatcher stops before serving the call.
         """
-        self._submit(Subscribe(channel, handler), timeout)
+        check_channel(channel)
+        adapted = adapt(
+            channel,
+            handler,
+            loop=loop,
+            decode=decode,
+            report=self._loop.delivery.report,
+            table=lambda: self._routes.table,
+            on_drop=self._counters.count_handler_dropped,
+        )
+        self._submit(Subscribe(channel, adapted), timeout)
         return handler
 
     def unsubscribe(self, channel: str, handler: Handler, timeout: float | None = None) -> None:
@@ -447,17 +513,46 @@ class Dispatcher:
         """
         self._submit(Unsubscribe(channel, handler), timeout)
 
-    def on(self, channel: str) -> Callable[[H], H]:
+    @overload
+    def on(
+        self,
+        channel: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: None = None,
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def on(
+        self,
+        channel: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Callable[[str], object] | Literal["json"],
+    ) -> Callable[[D], D]: ...
+
+    def on(
+        self,
+        channel: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Decode | None = None,
+    ) -> Callable[[Any], Any]:
         """Decorator form of :meth:`subscribe`: ``@bus.on("orders")``.
 
         :param channel: exact, case-sensitive channel name, checked at once.
+        :param loop: as :meth:`subscribe` (for ``async def`` handlers).
+        :param decode: as :meth:`subscribe` (``"json"`` or a callable).
         :returns: a decorator that subscribes the function and returns it unchanged.
         :raises InvalidChannelName: if the name is not acceptable (at decoration time).
+        :raises TypeError, ValueError: as :meth:`subscribe` (at decoration time).
         """
         check_channel(channel)
 
-        def decorator(handler: H) -> H:
-            return self.subscribe(channel, handler)
+        subscribe: Callable[..., Any] = self.subscribe
+
+        def decorator(handler: Any) -> Any:
+            return subscribe(channel, handler, loop=loop, decode=decode)
 
         return decorator
 
