@@ -673,6 +673,9 @@ class Dispatcher:
             control.queue.append(command)
             control.wake()
 
+    def _on_dispatcher_thread(self) -> bool:
+        return self._control.on_loop_thread()
+
     def _close_streams(self) -> None:
         """Dispatcher thread, once stopped: end every open stream, so no reader waits."""
         with self._control.lock:
