@@ -190,6 +190,11 @@ class Delivery:
             pending.extend(kept)
         self._counters.dropped += dropped
 
+    def after_fork(self) -> None:
+        """In a child process: forget what the parent's thread was delivering."""
+        self.pending.clear()
+        self._running = False
+
     def drop_pending(self) -> None:
         """Count every pending notification as dropped and forget them (stopping)."""
         self._counters.dropped += len(self.pending)

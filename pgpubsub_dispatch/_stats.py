@@ -75,6 +75,10 @@ class Counters:
         self.queue_usage: float | None = None
         self.handler_dropped = 0
 
+    def after_fork(self) -> None:
+        """In a child process: a new lock (the parent's may have been held at fork time)."""
+        self.lock = threading.Lock()
+
     def count_handler_error(self) -> None:
         """One more handler exception (any thread)."""
         with self.lock:

@@ -62,8 +62,8 @@ D = TypeVar("D", bound=Callable[[DecodedNotification[Any]], object])
 """A handler subscribed with ``decode=``: called with a :class:`DecodedNotification`."""
 
 _FORKED_MESSAGE = (
-    "this Dispatcher was started in a parent process and inherited through fork(); "
-    "its connection belongs to the parent: create a new Dispatcher in the child"
+    "this Dispatcher was started in a parent process and inherited through fork() with an "
+    "executor, whose threads stayed in the parent: create a new Dispatcher in the child"
 )
 
 
@@ -170,9 +170,11 @@ class Dispatcher:
     def running(self) -> bool:
         """``True`` between a successful :meth:`start` and :meth:`stop`, reconnecting included.
 
-        ``False`` after a lost connection when ``reconnect=False``.
+        ``False`` after a lost connection when ``reconnect=False``. In a child process that
+        inherited a running dispatcher through ``fork()``, ``True``: its first use starts the
+        child's own session.
         """
-        return self._control.state is State.RUNNING
+        return self._control.state in (State.RUNNING, State.INHERITED)
 
     @property
     def connected(self) -> bool:
@@ -227,11 +229,23 @@ class Dispatcher:
         """
         deadline = _timeouts.deadline(_timeouts.check_timeout(timeout))
         self._join_stopping_thread(deadline)
+        self._launch(deadline, inherited_only=False)
+        return self
+
+    def _launch(self, deadline: float | None, *, inherited_only: bool) -> None:
+        """Start the thread and wait until it listens (``start()``, or a child's first use).
+
+        With ``inherited_only``, only a dispatcher inherited through fork() is started (and
+        another thread that started it first is not an error); one that fails to start stays
+        inherited, so the next use tries again.
+        """
         control = self._control
         with control.lock:
             if control.state is State.FORKED:
                 raise DispatcherStopped(_FORKED_MESSAGE)
-            if control.state is not State.IDLE:
+            if inherited_only and control.state is not State.INHERITED:
+                return
+            if control.state not in (State.IDLE, State.INHERITED):
                 raise RuntimeError(f"the dispatcher is {control.state.value}; stop() it first")
             control.state = State.STARTING
             control.stop_requested = False
@@ -252,8 +266,11 @@ class Dispatcher:
             if not started.done():  # interrupted here (KeyboardInterrupt): end the attempt
                 self._request_stop()
             thread.join()
+            if inherited_only:
+                with control.lock:
+                    if control.state is State.IDLE:
+                        control.state = State.INHERITED
             raise
-        return self
 
     def stop(self, timeout: float | None = None) -> None:
         """UNLISTEN, close the connection and end the thread; return when it has ended.
@@ -589,6 +606,8 @@ class Dispatcher:
         control = self._control
         with control.lock:
             thread = control.thread
+            if control.state is State.INHERITED:
+                control.state = State.IDLE  # stopped before its first use in this child
             if control.state in (State.IDLE, State.FORKED) or thread is None:
                 return None
             if control.state is not State.STOPPING:
@@ -611,6 +630,8 @@ class Dispatcher:
             for command in commands:
                 self._loop.run_in_place(command, deadline)
             return
+        if control.state is State.INHERITED:  # the first use in a child process
+            self._launch(deadline, inherited_only=True)
         with control.lock:
             if control.state is State.IDLE:
                 for command in commands:
@@ -667,7 +688,7 @@ class Dispatcher:
             command.record(self._routes)
             return
         with control.lock:
-            if control.state in (State.IDLE, State.STOPPING, State.FORKED):
+            if control.state in (State.IDLE, State.STOPPING, State.FORKED, State.INHERITED):
                 command.record(self._routes)
                 return
             control.queue.append(command)
@@ -686,22 +707,29 @@ class Dispatcher:
     # ------------------------------------------------------------ fork
 
     def _forget_after_fork(self) -> None:
-        """In a child process: drop everything the parent's thread owned, touching nothing."""
+        """In a child process: drop what the parent's thread owned, touching none of it.
+
+        A dispatcher that was running becomes ``INHERITED``: its first use starts a session
+        of the child's own, with the same handlers and channels (``FORKED``, dead, when it has
+        an executor, whose threads did not follow). The parent's socket is pointed at
+        /dev/null in the child, never closed; every lock is new.
+        """
         control = self._control
-        control.lock = threading.RLock()  # the parent's may have been held at fork time
-        if control.state is State.IDLE:
-            return
-        control.state = State.FORKED
-        session, self._loop.session = self._loop.session, None
+        was_running = control.state in (State.STARTING, State.RUNNING)
+        revive = State.INHERITED if self._options.executor is None else State.FORKED
+        control.after_fork(revive if was_running else State.IDLE)
+        self._routes.after_fork()
+        self._counters.after_fork()
+        loop = self._loop
+        session, loop.session = loop.session, None
         if session is not None:
             _fork.neutralise(session.conn)
-        if control.waker is not None:
-            control.waker.close()  # the child's copies only; the parent's stay open
-            control.waker = None
-        control.queue.clear()
-        control.thread = None
-        control.loop_ident = None
-        control.backend_pid = None
+        loop.held.clear()
+        loop.delivery.after_fork()
+        streams, self._streams = self._streams, set()
+        for stream in streams:  # the parent's readers: none of them is in this process
+            for channel in stream._abandon_after_fork():
+                self._routes.unsubscribe(channel, stream._put)
 
 
 def _notify_item(index: int, item: Any) -> Notify:

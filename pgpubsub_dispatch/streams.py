@@ -203,6 +203,14 @@ class NotificationStream:
         """How many notifications are waiting to be read."""
         return len(self._items)
 
+    def _abandon_after_fork(self) -> list[str]:
+        """In a child process: the parent's stream ends here; return its subscribed channels."""
+        self._cond = threading.Condition()
+        self._closed = True
+        self._async_waiters = []
+        subscribed, self._subscribed = self._subscribed, []
+        return subscribed
+
     # -------------------------------------------------------------- the handler
 
     def _put(self, notification: Notification) -> None:
