@@ -216,13 +216,17 @@ class Dispatcher:
         sent (on the dispatcher thread) before it returns. The first connection is not
         retried: if it fails, the error is raised here.
 
+        In a child process that inherited a running dispatcher through ``fork()``, it starts
+        the child's own session (as the first use of any method would).
+
         :param timeout: seconds to allow for connecting and LISTENing; ``None`` allows the
             ``connect_timeout`` connection parameter when given, else 10 seconds per attempt.
         :returns: ``self``, so that ``bus = Dispatcher(dsn).start()`` works.
+
         :raises RuntimeError: if the dispatcher is already running or starting (a dispatcher
             still stopping, after ``stop()`` from a handler, is waited for first).
-        :raises DispatcherStopped: in a child process that inherited it through ``fork()``,
-            or if ``stop()`` is called while starting.
+        :raises DispatcherStopped: in a child process that inherited it through ``fork()``
+            with an ``executor``, or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
             left running); any ``psycopg2.Error`` if a LISTEN fails.
         :raises TimeoutError: if ``timeout`` passes first.
