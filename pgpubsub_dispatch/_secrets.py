@@ -99,7 +99,7 @@ class Secrets:
         copy.args = args
         notes = getattr(exc, "__notes__", None)
         if isinstance(notes, list):
-            copy.__notes__ = [self.redact(str(note)) for note in notes]  # type: ignore[attr-defined]
+            copy.__notes__ = [self.redact(str(note)) for note in notes]  # type: ignore[attr-defined,unused-ignore]
         cause = exc.__cause__
         copy.__cause__ = None if cause is None else self.redacted(cause)
         copy.__context__ = None
