@@ -1,10 +1,13 @@
-"""Notifications in asyncio: ``async for`` over a stream, without ever blocking the event loop.
+"""Notifications in asyncio: ``async for`` over a stream, or an ``async def`` handler.
 
 It opens one stream of the channels it is given, prints each notification as it arrives, and
-ends after ``--count`` notifications, or on Ctrl-C or SIGTERM. The dispatcher's thread does the
-listening; the event loop only awaits. Run it as it is, from the repository's root::
+ends after ``--count`` notifications, or on Ctrl-C or SIGTERM. With ``--handler``, an ``async
+def`` handler subscribed to each channel does the printing instead, on this program's event
+loop. Either way the dispatcher's thread does the listening, and the event loop never waits for
+it. Run it as it is, from the repository's root::
 
     python examples/asyncio_consumer.py --count 2 --send hello --send world
+    python examples/asyncio_consumer.py --handler --count 2 --send hello --send world
     python examples/asyncio_consumer.py postgresql://me@localhost/mydb --channel orders
     DATABASE_URL=postgresql://me@localhost/mydb python examples/asyncio_consumer.py --count 3
 
@@ -33,7 +36,13 @@ from collections.abc import Sequence
 
 import psycopg2
 
-from pgpubsub_dispatch import Dispatcher, NoServerAvailable, NotificationStream, devserver
+from pgpubsub_dispatch import (
+    Dispatcher,
+    NoServerAvailable,
+    Notification,
+    NotificationStream,
+    devserver,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,16 +70,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="TEXT",
         help="send TEXT on the first channel once listening (repeatable)",
     )
+    parser.add_argument(
+        "--handler",
+        action="store_true",
+        help="print from an async def handler subscribed to each channel, not from a stream",
+    )
     args = parser.parse_args(argv)
+    channels = args.channels or ["orders"]
     try:
         with devserver.server(args.dsn) as dsn:
-            return asyncio.run(run(dsn, args.channels or ["orders"], args.count, args.send))
+            return asyncio.run(run(dsn, channels, args.count, args.send, handler=args.handler))
     except NoServerAvailable as exc:
         print(f"asyncio_consumer: {exc}", file=sys.stderr)
         return 2
 
 
-async def run(dsn: str, channels: list[str], count: int | None, send: list[str]) -> int:
+async def run(
+    dsn: str, channels: list[str], count: int | None, send: list[str], *, handler: bool = False
+) -> int:
     """Start a dispatcher, consume until ``count`` or a signal, stop it; return the exit code."""
     stopped_by = stop_on_signals()
     bus = Dispatcher(dsn, application_name="pgpubsub-asyncio", connect_timeout=10)
@@ -78,15 +95,16 @@ async def run(dsn: str, channels: list[str], count: int | None, send: list[str])
         # start(), stop(), and opening or closing a stream wait for the server: they run in a
         # worker thread, so that the event loop goes on meanwhile.
         await asyncio.to_thread(bus.start)
-        stream = bus.stream(*channels)
-        await asyncio.to_thread(stream.open)
-        try:
-            print(f"listening on {', '.join(map(repr, stream.channels))}", flush=True)
-            for text in send:
-                await asyncio.to_thread(bus.notify, channels[0], text)
-            received = await consume(stream, count)
-        finally:
-            await asyncio.to_thread(stream.close)
+        if handler:
+            received = await handle(bus, channels, count, send)
+        else:
+            stream = bus.stream(*channels)
+            await asyncio.to_thread(stream.open)
+            try:
+                await announce(bus, stream.channels, send)
+                received = await consume(stream, count)
+            finally:
+                await asyncio.to_thread(stream.close)
         print(f"received {received} notification{'' if received == 1 else 's'}", flush=True)
         return 0
     except asyncio.CancelledError:
@@ -99,6 +117,42 @@ async def run(dsn: str, channels: list[str], count: int | None, send: list[str])
         return 2
     finally:
         await asyncio.to_thread(bus.stop, 10)  # UNLISTEN, close the connection, end the thread
+
+
+async def announce(bus: Dispatcher, channels: Sequence[str], send: list[str]) -> None:
+    """Say that notifications flow, then send ``send`` on the first channel."""
+    print(f"listening on {', '.join(map(repr, channels))}", flush=True)
+    for text in send:
+        await asyncio.to_thread(bus.notify, channels[0], text)
+
+
+async def handle(bus: Dispatcher, channels: list[str], count: int | None, send: list[str]) -> int:
+    """Print notifications from an ``async def`` handler until ``count``; return how many."""
+    loop = asyncio.get_running_loop()
+    enough = asyncio.Event()
+    received = 0
+
+    async def print_it(notification: Notification) -> None:  # runs on this event loop
+        nonlocal received
+        if received == count:
+            return  # more came in before it was unsubscribed
+        print(
+            f"{notification.channel}: {notification.payload!r} from pid {notification.pid}",
+            flush=True,
+        )
+        received += 1
+        if received == count:
+            enough.set()
+
+    for channel in channels:  # subscribe in a worker thread, naming this loop
+        await asyncio.to_thread(bus.subscribe, channel, print_it, loop=loop)
+    try:
+        await announce(bus, channels, send)
+        await enough.wait()
+    finally:
+        for channel in channels:
+            await asyncio.to_thread(bus.unsubscribe, channel, print_it)
+    return received
 
 
 async def consume(stream: NotificationStream, count: int | None) -> int:

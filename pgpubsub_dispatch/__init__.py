@@ -32,8 +32,9 @@ from .errors import (
     PayloadTooLarge,
     PubSubClosed,
     PubSubError,
+    WouldDeadlock,
 )
-from .notification import Notification
+from .notification import DecodedNotification, Notification
 from .signals import connected, disconnected, handler_error, reconnected
 from .streams import NotificationStream
 from .transactional import notify
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_CHANNEL_BYTES",
     "MAX_PAYLOAD_BYTES",
     "ConnectionLost",
+    "DecodedNotification",
     "Dispatcher",
     "DispatcherStats",
     "DispatcherStopped",
@@ -60,6 +62,7 @@ __all__ = [
     "PubSub",
     "PubSubClosed",
     "PubSubError",
+    "WouldDeadlock",
     "connect",
     "connected",
     "create_table_notify_trigger",

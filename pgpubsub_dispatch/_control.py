@@ -27,7 +27,8 @@ class State(enum.Enum):
     STARTING = "starting"  # thread connecting: calls queue up
     RUNNING = "running"  # connected, or reconnecting
     STOPPING = "stopping"  # calls fail with DispatcherStopped
-    FORKED = "inherited through fork()"  # a child's copy: every call fails
+    FORKED = "inherited through fork()"  # a child's copy, with an executor: every call fails
+    INHERITED = "inherited through fork(), to restart on first use"  # a child's copy
 
 
 class Control:
@@ -55,6 +56,21 @@ class Control:
         """Have the dispatcher thread look at its queue (caller holds ``lock``)."""
         if self.waker is not None:
             self.waker.wake()
+
+    def after_fork(self, state: State) -> None:
+        """In a child process: forget the parent's thread, queue and waker; enter ``state``.
+
+        The lock is replaced: another thread of the parent may have held it at fork time. The
+        waker's sockets are closed (the child's copies only).
+        """
+        self.lock = threading.RLock()
+        if self.waker is not None:
+            self.waker.close()
+        self.waker = None
+        self.queue.clear()
+        self.thread = None
+        self.finish_locked()
+        self.state = state
 
     def finish_locked(self) -> None:
         """Mark the dispatcher stopped (caller holds ``lock``)."""

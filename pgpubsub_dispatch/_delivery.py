@@ -170,16 +170,18 @@ class Delivery:
             try:
                 handler(notification)
             except BaseException as error:
-                self._report(handler, notification, error)
+                self.report(handler, notification, error)
 
     def call_one(self, handler: Handler, notification: Any) -> None:
         """Call one handler, isolated (see :meth:`call_all`)."""
         try:
             handler(notification)
         except BaseException as error:
-            self._report(handler, notification, error)
+            self.report(handler, notification, error)
 
-    def _report(self, handler: Handler, notification: Any, error: BaseException) -> None:
+    def report(self, handler: Handler, notification: Any, error: BaseException) -> None:
+        """Count, log and send ``handler_error`` for ``error`` raised by ``handler`` (any thread:
+        coroutine handlers report from their event loop's thread)."""
         self._counters.count_handler_error()
         log.error(
             "handler %r raised on channel %r",
@@ -210,6 +212,11 @@ class Delivery:
             pending.extend(kept)
         if dropped:
             self._counters.count_dropped(dropped)
+
+    def after_fork(self) -> None:
+        """In a child process: forget what the parent's thread was delivering."""
+        self.pending.clear()
+        self._running = False
 
     def drop_pending(self) -> None:
         """Count every pending notification as dropped and forget them (stopping)."""

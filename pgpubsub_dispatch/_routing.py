@@ -150,6 +150,15 @@ class Routes:
                 self._listening.add(channel)
                 self._publish(channel)
 
+    def after_fork(self) -> None:
+        """In a child process: new locks (the parent's may have been held at fork time)."""
+        self._lock = threading.RLock()
+        for handlers in self._subscribed.values():
+            for handler in handlers:
+                after_fork = getattr(handler, "after_fork", None)  # coroutine handlers
+                if after_fork is not None:
+                    after_fork()
+
     def session_listens(self, channels: frozenset[str]) -> None:
         """A new session LISTENs to exactly ``channels`` (empty: none, after stopping)."""
         with self._lock:

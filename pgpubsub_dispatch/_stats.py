@@ -1,9 +1,10 @@
 """Counters of a dispatcher's life, and the :class:`DispatcherStats` snapshot made from them.
 
 Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``,
-``reconnects``, ``last_error`` and ``queue_usage``; ``handler_errors`` (written by whichever
-thread ran the handler) and ``dropped`` (also written by a caller that unsubscribes while the
-dispatcher stops) change only under ``Counters.lock``. Any thread
+``reconnects``, ``last_error`` and ``queue_usage``; ``handler_errors`` and ``handler_dropped``
+(written by whichever thread ran the handler: the dispatcher thread, an executor's, an event
+loop's) and ``dropped`` (also written by a caller that unsubscribes while the dispatcher stops)
+change only under ``Counters.lock``. Any thread
 reads them (each is one ``int`` or ``str`` reference, read whole).
 """
 
@@ -36,6 +37,9 @@ class DispatcherStats:
         pending: notifications waiting for the executor (``executor=`` only; else 0).
         backpressure: ``True`` while ``max_pending`` is reached and the dispatcher reads
             nothing from the server until handlers catch up.
+        handler_dropped: notifications a coroutine handler never received: its event loop
+            fell more than ``COROUTINE_BUFFER`` (10,000) notifications behind (the oldest
+            are dropped), its loop was closed, or it was unsubscribed before their turn came.
     """
 
     received: int
@@ -49,6 +53,7 @@ class DispatcherStats:
     held: int = 0
     pending: int = 0
     backpressure: bool = False
+    handler_dropped: int = 0
 
     @property
     def connected(self) -> bool:
@@ -61,7 +66,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        """Guards ``handler_errors`` and ``dropped``."""
+        """Guards ``handler_errors``, ``handler_dropped`` and ``dropped``."""
         self.received = 0
         self.dispatched = 0
         self.dropped = 0
@@ -69,6 +74,11 @@ class Counters:
         self.reconnects = 0
         self.last_error: str | None = None
         self.queue_usage: float | None = None
+        self.handler_dropped = 0
+
+    def after_fork(self) -> None:
+        """In a child process: a new lock (the parent's may have been held at fork time)."""
+        self.lock = threading.Lock()
 
     def count_dropped(self, count: int) -> None:
         """``count`` more notifications dropped (any thread)."""
@@ -79,3 +89,8 @@ class Counters:
         """One more handler exception (any thread)."""
         with self.lock:
             self.handler_errors += 1
+
+    def count_handler_dropped(self, count: int) -> None:
+        """``count`` more notifications a coroutine handler's buffer dropped (any thread)."""
+        with self.lock:
+            self.handler_dropped += count

@@ -18,17 +18,19 @@ Information Functions) and libpq's asynchronous command processing and keepalive
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import blinker
 
 from . import _fork, _timeouts
+from ._adapters import Decode, adapt
 from ._commands import (
     Command,
     Listen,
@@ -46,17 +48,22 @@ from ._routing import Handler, Routes
 from ._stats import Counters, DispatcherStats
 from ._waiting import Waker
 from .errors import DispatcherStopped, NotConnected
+from .notification import DecodedNotification, Notification
 from .streams import NotificationStream
 
 __all__ = ["Dispatcher", "DispatcherStats"]
 
 log = logging.getLogger("pgpubsub_dispatch")
 
-H = TypeVar("H", bound=Handler)
+H = TypeVar("H", bound=Callable[[Notification], object])
+"""A handler: called with a :class:`Notification` (``async def`` handlers too)."""
+
+D = TypeVar("D", bound=Callable[[DecodedNotification[Any]], object])
+"""A handler subscribed with ``decode=``: called with a :class:`DecodedNotification`."""
 
 _FORKED_MESSAGE = (
-    "this Dispatcher was started in a parent process and inherited through fork(); "
-    "its connection belongs to the parent: create a new Dispatcher in the child"
+    "this Dispatcher was started in a parent process and inherited through fork() with an "
+    "executor, whose threads stayed in the parent: create a new Dispatcher in the child"
 )
 
 
@@ -168,9 +175,11 @@ class Dispatcher:
     def running(self) -> bool:
         """``True`` between a successful :meth:`start` and :meth:`stop`, reconnecting included.
 
-        ``False`` after a lost connection when ``reconnect=False``.
+        ``False`` after a lost connection when ``reconnect=False``. In a child process that
+        inherited a running dispatcher through ``fork()``, ``True``: its first use starts the
+        child's own session.
         """
-        return self._control.state is State.RUNNING
+        return self._control.state in (State.RUNNING, State.INHERITED)
 
     @property
     def connected(self) -> bool:
@@ -202,6 +211,7 @@ class Dispatcher:
             held=len(self._loop.held),
             pending=delivery.waiting_for_executor,
             backpressure=delivery.backpressure,
+            handler_dropped=counters.handler_dropped,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
@@ -211,24 +221,40 @@ class Dispatcher:
         sent (on the dispatcher thread) before it returns. The first connection is not
         retried: if it fails, the error is raised here.
 
+        In a child process that inherited a running dispatcher through ``fork()``, it starts
+        the child's own session (as the first use of any method would).
+
         :param timeout: seconds to allow for connecting and LISTENing; ``None`` allows the
             ``connect_timeout`` connection parameter when given, else 10 seconds per attempt.
         :returns: ``self``, so that ``bus = Dispatcher(dsn).start()`` works.
+
         :raises RuntimeError: if the dispatcher is already running or starting (a dispatcher
             still stopping, after ``stop()`` from a handler, is waited for first).
-        :raises DispatcherStopped: in a child process that inherited it through ``fork()``,
-            or if ``stop()`` is called while starting.
+        :raises DispatcherStopped: in a child process that inherited it through ``fork()``
+            with an ``executor``, or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
             left running); any ``psycopg2.Error`` if a LISTEN fails.
         :raises TimeoutError: if ``timeout`` passes first.
         """
         deadline = _timeouts.deadline(_timeouts.check_timeout(timeout))
         self._join_stopping_thread(deadline)
+        self._launch(deadline, inherited_only=False)
+        return self
+
+    def _launch(self, deadline: float | None, *, inherited_only: bool) -> None:
+        """Start the thread and wait until it listens (``start()``, or a child's first use).
+
+        With ``inherited_only``, only a dispatcher inherited through fork() is started (and
+        another thread that started it first is not an error); one that fails to start stays
+        inherited, so the next use tries again.
+        """
         control = self._control
         with control.lock:
             if control.state is State.FORKED:
                 raise DispatcherStopped(_FORKED_MESSAGE)
-            if control.state is not State.IDLE:
+            if inherited_only and control.state is not State.INHERITED:
+                return
+            if control.state not in (State.IDLE, State.INHERITED):
                 raise RuntimeError(f"the dispatcher is {control.state.value}; stop() it first")
             control.state = State.STARTING
             control.stop_requested = False
@@ -249,8 +275,11 @@ class Dispatcher:
             if not started.done():  # interrupted here (KeyboardInterrupt): end the attempt
                 self._request_stop()
             thread.join()
+            if inherited_only:
+                with control.lock:
+                    if control.state is State.IDLE:
+                        control.state = State.INHERITED
             raise
-        return self
 
     def stop(self, timeout: float | None = None) -> None:
         """UNLISTEN, close the connection and end the thread; return when it has ended.
@@ -416,24 +445,82 @@ class Dispatcher:
         self._submit(command, timeout)
         return float(command.future.result(0))
 
-    def subscribe(self, channel: str, handler: H, timeout: float | None = None) -> H:
+    @overload
+    def subscribe(
+        self,
+        channel: str,
+        handler: H,
+        timeout: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: None = None,
+    ) -> H: ...
+
+    @overload
+    def subscribe(
+        self,
+        channel: str,
+        handler: D,
+        timeout: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Callable[[str], object] | Literal["json"],
+    ) -> D: ...
+
+    def subscribe(
+        self,
+        channel: str,
+        handler: Callable[[Any], object],
+        timeout: float | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Decode | None = None,
+    ) -> Callable[[Any], object]:
         """Connect ``handler`` to ``channel`` (strong reference) and LISTEN to it.
 
         Handlers of a channel are called in subscription order, one at a time, on the
         dispatcher thread, with the notification as their one positional argument. Subscribing
-        the same handler twice to a channel calls it once.
+        the same handler twice to a channel keeps it once (with what the first call gave it).
+
+        An ``async def`` handler (a coroutine function) runs on an asyncio event loop: ``loop``,
+        else the loop running in the calling thread. Its calls for this channel run one after
+        another, in arrival order, never concurrently; the dispatcher only hands them to the
+        loop (``call_soon_threadsafe``) and never waits for it. Up to 10,000 notifications wait
+        for a slow loop, then the oldest are dropped (``stats().handler_dropped``); once the loop
+        is closed, they are all dropped. Its exceptions are sent as ``handler_error`` from the
+        loop's thread.
+
+        With ``decode`` (a callable taking the payload ``str``, or ``"json"`` for
+        :func:`json.loads`), the handler gets a :class:`DecodedNotification` whose ``value`` is
+        the decoded payload; a payload that does not decode is sent as ``handler_error`` with
+        the raw notification, and the handler is not called for it.
 
         :param channel: exact, case-sensitive channel name.
-        :param handler: a callable taking one positional argument.
+        :param handler: a callable taking one positional argument, or a coroutine function.
         :param timeout: seconds to wait for the LISTEN; ``None`` waits as long as it takes.
+        :param loop: the :class:`asyncio.AbstractEventLoop` to run a coroutine handler on.
+        :param decode: ``None`` (default: the raw notification), ``"json"``, or a callable.
         :returns: ``handler``, unchanged.
         :raises InvalidChannelName: if the name is not acceptable.
-        :raises TypeError: if ``handler`` is not callable.
+        :raises TypeError: if ``handler`` is not callable; for a coroutine handler without a
+            loop (none given, none running in this thread); for ``loop`` with a handler that
+            is not a coroutine function; for a ``decode`` that is not callable.
+        :raises ValueError: if ``loop`` is closed, or ``decode`` is a string but not ``"json"``.
         :raises psycopg2.Error: if the LISTEN fails; the handler is then not connected.
         :raises TimeoutError: if ``timeout`` passes first.
         :raises DispatcherStopped: if the dispatcher stops before serving the call.
         """
-        self._submit(Subscribe(channel, handler), timeout)
+        check_channel(channel)
+        adapted = adapt(
+            channel,
+            handler,
+            loop=loop,
+            decode=decode,
+            report=self._loop.delivery.report,
+            table=lambda: self._routes.table,
+            on_drop=self._counters.count_handler_dropped,
+        )
+        self._submit(Subscribe(channel, adapted), timeout)
         return handler
 
     def unsubscribe(self, channel: str, handler: Handler, timeout: float | None = None) -> None:
@@ -452,17 +539,46 @@ class Dispatcher:
         """
         self._submit(Unsubscribe(channel, handler), timeout)
 
-    def on(self, channel: str) -> Callable[[H], H]:
+    @overload
+    def on(
+        self,
+        channel: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: None = None,
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def on(
+        self,
+        channel: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Callable[[str], object] | Literal["json"],
+    ) -> Callable[[D], D]: ...
+
+    def on(
+        self,
+        channel: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        decode: Decode | None = None,
+    ) -> Callable[[Any], Any]:
         """Decorator form of :meth:`subscribe`: ``@bus.on("orders")``.
 
         :param channel: exact, case-sensitive channel name, checked at once.
+        :param loop: as :meth:`subscribe` (for ``async def`` handlers).
+        :param decode: as :meth:`subscribe` (``"json"`` or a callable).
         :returns: a decorator that subscribes the function and returns it unchanged.
         :raises InvalidChannelName: if the name is not acceptable (at decoration time).
+        :raises TypeError, ValueError: as :meth:`subscribe` (at decoration time).
         """
         check_channel(channel)
 
-        def decorator(handler: H) -> H:
-            return self.subscribe(channel, handler)
+        subscribe: Callable[..., Any] = self.subscribe
+
+        def decorator(handler: Any) -> Any:
+            return subscribe(channel, handler, loop=loop, decode=decode)
 
         return decorator
 
@@ -499,6 +615,8 @@ class Dispatcher:
         control = self._control
         with control.lock:
             thread = control.thread
+            if control.state is State.INHERITED:
+                control.state = State.IDLE  # stopped before its first use in this child
             if control.state in (State.IDLE, State.FORKED) or thread is None:
                 return None
             if control.state is not State.STOPPING:
@@ -521,6 +639,8 @@ class Dispatcher:
             for command in commands:
                 self._loop.run_in_place(command, deadline)
             return
+        if control.state is State.INHERITED:  # the first use in a child process
+            self._launch(deadline, inherited_only=True)
         if self._loop.delivery.in_executor_task():  # never waits for the listening session
             for command in commands:
                 command.from_handler = True
@@ -580,11 +700,14 @@ class Dispatcher:
             command.record(self._routes)
             return
         with control.lock:
-            if control.state in (State.IDLE, State.STOPPING, State.FORKED):
+            if control.state in (State.IDLE, State.STOPPING, State.FORKED, State.INHERITED):
                 command.record(self._routes)
                 return
             control.queue.append(command)
             control.wake()
+
+    def _on_dispatcher_thread(self) -> bool:
+        return self._control.on_loop_thread()
 
     def _close_streams(self) -> None:
         """Dispatcher thread, once stopped: end every open stream, so no reader waits."""
@@ -596,25 +719,32 @@ class Dispatcher:
     # ------------------------------------------------------------ fork
 
     def _forget_after_fork(self) -> None:
-        """In a child process: drop everything the parent's thread owned, touching nothing."""
+        """In a child process: drop what the parent's thread owned, touching none of it.
+
+        A dispatcher that was running becomes ``INHERITED``: its first use starts a session
+        of the child's own, with the same handlers and channels (``FORKED``, dead, when it has
+        an executor, whose threads did not follow). The parent's socket is pointed at
+        /dev/null in the child, never closed; every lock is new.
+        """
         control = self._control
-        control.lock = threading.RLock()  # the parent's may have been held at fork time
-        if control.state is State.IDLE:
-            return
-        control.state = State.FORKED
-        session, self._loop.session = self._loop.session, None
+        was_running = control.state in (State.STARTING, State.RUNNING)
+        revive = State.INHERITED if self._options.executor is None else State.FORKED
+        control.after_fork(revive if was_running else State.IDLE)
+        self._routes.after_fork()
+        self._counters.after_fork()
+        loop = self._loop
+        session, loop.session = loop.session, None
         if session is not None:
             _fork.neutralise(session.conn)
-        side = self._loop.side.forget()
+        side = loop.side.forget()
         if side is not None:
             _fork.neutralise(side)
-        if control.waker is not None:
-            control.waker.close()  # the child's copies only; the parent's stay open
-            control.waker = None
-        control.queue.clear()
-        control.thread = None
-        control.loop_ident = None
-        control.backend_pid = None
+        loop.held.clear()
+        loop.delivery.after_fork()
+        streams, self._streams = self._streams, set()
+        for stream in streams:  # the parent's readers: none of them is in this process
+            for channel in stream._abandon_after_fork():
+                self._routes.unsubscribe(channel, stream._put)
 
 
 def _notify_item(index: int, item: Any) -> Notify:

@@ -22,6 +22,7 @@ __all__ = [
     "PayloadTooLarge",
     "PubSubClosed",
     "PubSubError",
+    "WouldDeadlock",
 ]
 
 
@@ -89,4 +90,14 @@ class ConnectionLost(DispatcherStopped, psycopg2.OperationalError):
     received before the loss is left to return, and by ``listen``, ``unlisten`` and ``notify``.
     It is a ``psycopg2.OperationalError``, as the 2015 ``pgpubsub`` raised; ``__cause__`` holds
     the error that ended the session.
+    """
+
+
+class WouldDeadlock(PubSubError, RuntimeError):
+    """A call that would wait forever: it waits for the dispatcher thread, from that thread.
+
+    Raised, before anything waits, by reading a stream (``stream.get()`` with a timeout other
+    than 0, ``for notification in stream``) in a handler running on the dispatcher thread: the
+    stream is filled by that very thread, so it would never be. Read streams in another thread
+    (or in asyncio), or give the dispatcher an ``executor``.
     """

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 from . import _timeouts
 from ._names import check_channel
-from .errors import DispatcherStopped
+from .errors import DispatcherStopped, WouldDeadlock
+from .notification import Notification
 
 __all__ = ["OVERFLOW_POLICIES", "NotificationStream", "StreamHost"]
 
@@ -33,11 +34,12 @@ Handler = Callable[[Any], object]
 
 
 class StreamHost(Protocol):
-    """What a stream needs of its dispatcher: the public calls, and three internal ones.
+    """What a stream needs of its dispatcher: the public calls, and four internal ones.
 
-    :class:`~pgpubsub_dispatch.Dispatcher` implements it; the three underscored methods exist
-    for streams only: keeping the set of open streams (closed when the dispatcher stops), and
-    an unsubscribe that never waits (to undo a subscription whose caller gave up).
+    :class:`~pgpubsub_dispatch.Dispatcher` implements it; the four underscored methods exist
+    for streams only: keeping the set of open streams (closed when the dispatcher stops), an
+    unsubscribe that never waits (to undo a subscription whose caller gave up), and telling
+    whether the caller is the dispatcher thread (which must never wait for a stream).
     """
 
     @property
@@ -58,6 +60,9 @@ class StreamHost(Protocol):
 
     def _unsubscribe_soon(self, channel: str, handler: Handler) -> None:
         """Unsubscribe after what is queued, without waiting; any state."""
+
+    def _on_dispatcher_thread(self) -> bool:
+        """Whether the calling thread is the dispatcher's (a handler runs there)."""
 
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest")
@@ -98,7 +103,7 @@ class NotificationStream:
         """The channels, without duplicates, in the order given."""
         self.maxsize = maxsize
         self._drop_oldest = overflow == "drop_oldest"
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[Notification] = collections.deque()
         self._cond = threading.Condition()
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._dropped = 0
@@ -201,9 +206,17 @@ class NotificationStream:
         """How many notifications are waiting to be read."""
         return len(self._items)
 
+    def _abandon_after_fork(self) -> list[str]:
+        """In a child process: the parent's stream ends here; return its subscribed channels."""
+        self._cond = threading.Condition()
+        self._closed = True
+        self._async_waiters = []
+        subscribed, self._subscribed = self._subscribed, []
+        return subscribed
+
     # -------------------------------------------------------------- the handler
 
-    def _put(self, notification: Any) -> None:
+    def _put(self, notification: Notification) -> None:
         """The stream's handler (dispatcher thread): buffer, never block."""
         with self._cond:
             if self._closed:
@@ -220,26 +233,42 @@ class NotificationStream:
 
     # -------------------------------------------------------------- reading, threads
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> Notification:
         """Return the oldest waiting notification, waiting for one if needed.
 
-        Do not call it from a handler: the dispatcher thread would wait for itself.
+        In a handler running on the dispatcher thread, only ``timeout=0`` works: that thread
+        fills the stream, so waiting there would wait for ever (:exc:`WouldDeadlock`).
 
         :param timeout: seconds to wait; ``None`` waits as long as it takes; ``0`` only looks.
         :returns: a notification (``channel``, ``payload``, ``pid``).
         :raises queue.Empty: if none arrived within ``timeout``, or the stream is closed
             and empty.
         :raises ValueError: if ``timeout`` is negative or NaN.
+        :raises WouldDeadlock: on the dispatcher thread, when it would have to wait.
         """
         timeout = _timeouts.check_timeout(timeout)
         with self._cond:
+            if (
+                not self._items
+                and not self._closed
+                and timeout != 0
+                and self._dispatcher._on_dispatcher_thread()
+            ):
+                raise WouldDeadlock(
+                    "a stream read in a handler on the dispatcher thread would wait for ever "
+                    "(that thread fills the stream): read it in another thread or in asyncio, "
+                    "use get(timeout=0), or give the Dispatcher an executor"
+                )
             self._cond.wait_for(lambda: self._items or self._closed, timeout)
             if self._items:
                 return self._items.popleft()
         raise queue.Empty("no notification" + (" (stream closed)" if self._closed else ""))
 
-    def __iter__(self) -> Iterator[Any]:
-        """Yield notifications as they arrive, until the stream is closed and empty."""
+    def __iter__(self) -> Iterator[Notification]:
+        """Yield notifications as they arrive, until the stream is closed and empty.
+
+        :raises WouldDeadlock: in a handler on the dispatcher thread, when it would wait.
+        """
         while True:
             try:
                 yield self.get()
@@ -256,14 +285,14 @@ class NotificationStream:
         """
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> Notification:
         """The next notification; ``StopAsyncIteration`` once closed and empty."""
         notification = await self.get_async()
         if notification is None:
             raise StopAsyncIteration
         return notification
 
-    async def get_async(self) -> Any | None:
+    async def get_async(self) -> Notification | None:
         """Return the oldest waiting notification, awaiting one; ``None`` once closed and empty.
 
         Works in any event loop, in any thread; wrap it in ``asyncio.wait_for`` for a timeout.

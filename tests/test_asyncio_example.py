@@ -142,3 +142,41 @@ def test_exits_2_in_one_line_when_it_cannot_connect(dsn: str, consumers: list[Pr
     assert program.finish() == 2
     assert len(program.output) == 1, program.text
     assert re.fullmatch(r"asyncio_consumer: cannot connect: .*does not exist.*", program.output[0])
+
+
+def test_an_async_def_handler_prints_them_with_handler(
+    dsn: str, consumers: list[Program], sender: Conn
+) -> None:
+    channel = unique("orders")
+    program = consumer(
+        consumers, dsn, "--handler", "--channel", channel, "--count", "3", env=example_env(dsn)
+    )
+    program.wait_for(rf"^listening on '{channel}'$")
+    pid = sender.get_backend_pid()
+
+    for payload in ["order 1", "order 2", "order 1"]:
+        send(sender, channel, payload)
+
+    assert program.finish() == 0, program.text
+    assert program.output == [
+        f"listening on '{channel}'",
+        f"{channel}: 'order 1' from pid {pid}",
+        f"{channel}: 'order 2' from pid {pid}",
+        f"{channel}: 'order 1' from pid {pid}",
+        "received 3 notifications",
+    ]
+
+
+def test_with_handler_it_stops_cleanly_on_sigterm(
+    dsn: str, consumers: list[Program], sender: Conn
+) -> None:
+    channel = unique("orders")
+    program = consumer(consumers, dsn, "--handler", "--channel", channel, env=example_env(dsn))
+    program.wait_for(r"^listening on ")
+    send(sender, channel, "before the signal")
+    program.wait_for(rf"^{channel}: 'before the signal' from pid \d+$")
+
+    assert program.stop(signal.SIGTERM) == 0, program.text
+
+    assert program.output[-1] == "stopped by SIGTERM"
+    assert "Traceback" not in program.text

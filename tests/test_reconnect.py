@@ -1,4 +1,4 @@
-"""Reconnection, re-LISTEN, heartbeat and fork safety against the shared server.
+"""Reconnection, re-LISTEN and heartbeat against the shared server (fork: test_fork.py).
 
 Faults that need a server of the test's own (stopping it, a half-open network, failover)
 are in ``test_faults.py``.
@@ -279,47 +279,3 @@ def test_invalid_options_are_rejected(dsn: str) -> None:
     ]:
         with pytest.raises(ValueError):
             Dispatcher(dsn, **bad)
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
-def test_fork_child_fails_fast_and_parent_keeps_its_session(dsn: str, sender: Any) -> None:
-    channel = unique()
-    got = Collector()
-    bus = Dispatcher(dsn)
-    bus.subscribe(channel, got)
-    bus.start(timeout=BOUND)
-    try:
-        pid_before = bus.backend_pid
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child reports through the pipe
-            code = 0
-            try:
-                started = time.monotonic()
-                try:
-                    bus.notify(channel, "from child")
-                    code = 1
-                except pg.DispatcherStopped as exc:
-                    code = 0 if "fork" in str(exc) else 2
-                if time.monotonic() - started > 1:
-                    code = 3
-                if bus.running:
-                    code = 4
-                bus.stop()  # harmless
-                del bus
-                import gc
-
-                gc.collect()  # would have sent Terminate on the parent's socket
-            finally:
-                os.write(write_end, bytes([code]))
-                os._exit(0)
-        os.close(write_end)
-        result = os.read(read_end, 1)
-        os.close(read_end)
-        os.waitpid(child, 0)
-        assert result == bytes([0]), f"child reported {result!r}"
-        send(sender, channel, "parent still listens")
-        assert got.wait(1)[0].payload == "parent still listens"
-        assert bus.backend_pid == pid_before and bus.stats().reconnects == 0
-    finally:
-        bus.stop(timeout=BOUND)

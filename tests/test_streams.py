@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 import pgpubsub_dispatch as pg
-from pgpubsub_dispatch import Dispatcher, PayloadTooLarge
+from pgpubsub_dispatch import Dispatcher, Notification, PayloadTooLarge
 
 from .support.notifying import Collector, send
 from .support.waiting import BOUND, wait_until
@@ -297,3 +297,33 @@ def test_transactional_notify_refuses_async_connections() -> None:
 
     with pytest.raises(TypeError, match="synchronous"):
         pg.notify(AsyncLike(), "c", "x")
+
+
+def test_reading_a_stream_in_a_handler_on_the_dispatcher_thread_raises(bus: Dispatcher) -> None:
+    channel, trigger = unique(), unique("trigger")
+    outcome: list[object] = []
+    done = threading.Event()
+    with bus.stream(channel) as stream:
+
+        @bus.on(trigger)
+        def reads_the_stream(notification: Notification) -> None:
+            try:
+                outcome.append(stream.get())
+            except pg.WouldDeadlock as exc:
+                outcome.append(exc)
+            try:
+                outcome.append(next(iter(stream)))
+            except pg.WouldDeadlock as exc:
+                outcome.append(exc)
+            try:
+                stream.get(timeout=0)
+            except queue.Empty:
+                outcome.append("empty")  # looking is fine
+            done.set()
+
+        bus.notify(trigger, "")
+        assert done.wait(BOUND)
+        bus.notify(channel, "the dispatcher still works")
+        assert stream.get(timeout=BOUND).payload == "the dispatcher still works"
+    assert [type(o) for o in outcome[:2]] == [pg.WouldDeadlock, pg.WouldDeadlock]
+    assert "dispatcher thread" in str(outcome[0]) and outcome[2] == "empty"
