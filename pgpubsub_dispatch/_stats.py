@@ -1,9 +1,10 @@
 """Counters of a dispatcher's life, and the :class:`DispatcherStats` snapshot made from them.
 
 Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``, ``dropped``,
-``reconnects`` and ``last_error``; ``handler_errors`` is written by whichever thread ran the
-handler (the dispatcher thread or an executor's), so only under ``Counters.lock``. Any thread
-reads them (each is one ``int`` or ``str`` reference, read whole).
+``reconnects``, ``last_error``, ``deaf`` and ``pooler``; ``handler_errors`` is written by
+whichever thread ran the handler (the dispatcher thread or an executor's), so only under
+``Counters.lock``. Any thread reads them (each is one ``int``, ``bool`` or ``str`` reference,
+read whole).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class DispatcherStats:
         pending: notifications waiting for the executor (``executor=`` only; else 0).
         backpressure: ``True`` while ``max_pending`` is reached and the dispatcher reads
             nothing from the server until handlers catch up.
+        deaf: ``True`` from a failed probe (a notification sent from another session did not
+            arrive: a pooler in transaction mode) until a probe succeeds again.
+        pooler: ``True`` when the current (or last) session goes through a connection pooler
+            (libpq's backend pid is not the server session's).
     """
 
     received: int
@@ -48,6 +53,8 @@ class DispatcherStats:
     held: int = 0
     pending: int = 0
     backpressure: bool = False
+    deaf: bool = False
+    pooler: bool = False
 
     @property
     def connected(self) -> bool:
@@ -68,6 +75,8 @@ class Counters:
         self.reconnects = 0
         self.last_error: str | None = None
         self.queue_usage: float | None = None
+        self.deaf = False
+        self.pooler = False
 
     def count_handler_error(self) -> None:
         """One more handler exception (any thread)."""

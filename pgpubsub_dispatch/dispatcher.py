@@ -40,7 +40,7 @@ from ._commands import (
 )
 from ._control import Control, State
 from ._loop import Loop
-from ._names import check_channel
+from ._names import DatabaseEncoding, check_channel
 from ._options import Options
 from ._routing import Handler, Routes
 from ._stats import Counters, DispatcherStats
@@ -197,6 +197,8 @@ class Dispatcher:
             held=len(self._loop.held),
             pending=delivery.waiting_for_executor,
             backpressure=delivery.backpressure,
+            deaf=counters.deaf,
+            pooler=counters.pooler,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
@@ -331,7 +333,7 @@ class Dispatcher:
             NOTIFY queue``, SQLSTATE 54000); the dispatcher keeps running.
         :raises TimeoutError: if ``timeout`` passes first (it may still be sent).
         """
-        self._submit(Notify(channel, payload), timeout)
+        self._submit(Notify(channel, payload, self._routes.database_encoding), timeout)
 
     def notify_many(
         self, notifications: Iterable[tuple[str, str]], timeout: float | None = None
@@ -349,7 +351,8 @@ class Dispatcher:
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`, for the first pair that failed (others may have been sent).
         """
-        commands = [_notify_item(index, item) for index, item in enumerate(notifications)]
+        encoding = self._routes.database_encoding
+        commands = [_notify_item(i, item, encoding) for i, item in enumerate(notifications)]
         if commands:
             self._submit_all(commands, timeout)
 
@@ -606,11 +609,11 @@ class Dispatcher:
         control.backend_pid = None
 
 
-def _notify_item(index: int, item: Any) -> Notify:
+def _notify_item(index: int, item: Any, encoding: DatabaseEncoding | None) -> Notify:
     """The ``index``-th item of ``notify_many``, checked; errors name its index."""
     if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
         raise TypeError(f"notify_many() takes (channel, payload) pairs; item {index} is {item!r}")
     try:
-        return Notify(item[0], item[1])
+        return Notify(item[0], item[1], encoding)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"notify_many() item {index}: {exc}") from None

@@ -12,6 +12,7 @@ import psycopg2
 
 __all__ = [
     "ConnectionLost",
+    "DeafSession",
     "DispatcherStopped",
     "InvalidChannelName",
     "NoServerAvailable",
@@ -50,6 +51,18 @@ class DispatcherStopped(PubSubError, RuntimeError):
     Raised by ``notify`` on a dispatcher that is not running, and by any call that was waiting
     on the command queue when ``stop()`` ran or the connection was lost. ``__cause__`` holds
     the connection error when there was one.
+    """
+
+
+class DeafSession(PubSubError, RuntimeError):
+    """The dispatcher's session does not receive notifications sent from other sessions.
+
+    Found by the dispatcher's probe: a notification committed on a private probe channel by a
+    short-lived connection of its own (same parameters, so through the same pooler) did not
+    arrive within the probe's wait. The usual cause is a connection pooler in transaction or
+    statement mode (PgBouncer ``pool_mode = transaction``): LISTEN needs session pooling.
+    Raised by ``start()`` (nothing is left running); once running, it is the ``error`` of the
+    ``deaf`` signal and of the reconnection that follows, and ``stats().deaf`` is ``True``.
     """
 
 
