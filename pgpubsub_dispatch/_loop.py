@@ -742,6 +742,9 @@ class Loop:
                 ),
                 reconnect=True,
             )
+        if self._probe.after_heartbeat and not self._probe.running:
+            assert self.session is not None
+            self._probe.begin(self.session.params)
 
     # ------------------------------------------------------------------ in place
 

@@ -144,6 +144,9 @@ class Probe:
         at most half the heartbeat interval (so deafness is noticed within two intervals)."""
         self.due: float | None = None
         """Monotonic instant the next probe starts; ``None``: none scheduled."""
+        self.after_heartbeat = False
+        """Probe right after every heartbeat (a pooler is in the way, or the session was deaf):
+        the heartbeat's transaction has just ended, so a transaction pooler has unlinked us."""
         self._sender: Sender | None = None
         self._token = ""
         self._send_by = 0.0
@@ -203,16 +206,16 @@ class Probe:
     def finish(self, *, frequent: bool) -> None:
         """End the probe in progress (if any) and schedule the next one.
 
-        :param frequent: probe every heartbeat (a pooler is in the way, or the session was
-            deaf); else every :data:`DIRECT_PROBE_SECONDS`. No heartbeat: no more probes.
+        :param frequent: probe after every heartbeat (a pooler is in the way, or the session
+            was deaf); else every :data:`DIRECT_PROBE_SECONDS`. No heartbeat: no more probes.
         """
         self._sender = None
         self._token = ""
-        interval = self._options.heartbeat_interval
-        if interval is None:
+        self.after_heartbeat = frequent and self._options.heartbeat_interval is not None
+        if frequent or self._options.heartbeat_interval is None:
             self.due = None
         else:
-            self.due = time.monotonic() + (interval if frequent else DIRECT_PROBE_SECONDS)
+            self.due = time.monotonic() + DIRECT_PROBE_SECONDS
 
     def deaf_error_text(self) -> str:
         """The message of a :class:`~pgpubsub_dispatch.DeafSession` found by this probe."""
