@@ -635,7 +635,11 @@ class Loop:
         """Send ``command``'s SQL, or complete it at once when it needs none."""
         session = self.session
         assert session is not None
-        statement = command.statement(self.routes)
+        try:
+            statement = command.statement(self.routes)
+        except Exception as exc:  # e.g. a name the database encoding cannot hold
+            command.refused(exc, self._requeue)
+            return
         if statement is None:
             self._complete(command)
             return

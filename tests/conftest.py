@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.support.servers",
     "tests.support.proxy",
     "tests.support.cli",
+    "tests.support.databases",
 ]
 
 

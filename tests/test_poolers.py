@@ -21,11 +21,12 @@ import psycopg2.extensions
 import pytest
 
 from pgpubsub_dispatch import DeafSession, Dispatcher, PubSubError, deaf, hearing
-from tests.support.dispatching import unique
-from tests.support.notifying import Collector
-from tests.support.pgbouncer import PgBouncer
-from tests.support.servers import PrivateServer
-from tests.support.waiting import BOUND, wait_until
+
+from .support.dispatching import unique
+from .support.notifying import Collector
+from .support.pgbouncer import PgBouncer
+from .support.servers import PrivateServer
+from .support.waiting import BOUND, wait_until
 
 INTERVAL = 2.0
 """The heartbeat interval of these tests' dispatchers (seconds)."""
@@ -240,7 +241,7 @@ def test_a_direct_connection_is_probed_once_at_start(server: PrivateServer) -> N
         assert pid is not None
         for _ in range(3):  # three heartbeats: no probe on a direct connection
             seen = query_start(server, pid)
-            wait_until(lambda: query_start(server, pid) != seen, "a heartbeat", 3.0)
+            wait_until(lambda s=seen: query_start(server, pid) != s, "a heartbeat", 3.0)
         assert probe_connections(server) - before == 5
         assert not bus.stats().pooler and not bus.stats().deaf
     finally:
