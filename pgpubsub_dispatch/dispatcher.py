@@ -217,6 +217,10 @@ class Dispatcher:
             or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
             left running); any ``psycopg2.Error`` if a LISTEN fails.
+        :raises DeafSession: if a notification sent from another session does not arrive (a
+            pooler in transaction mode: LISTEN needs session pooling); nothing is left running.
+        :raises InvalidChannelName: if a recorded channel cannot be represented in the
+            database encoding.
         :raises TimeoutError: if ``timeout`` passes first.
         """
         deadline = _timeouts.deadline(_timeouts.check_timeout(timeout))
@@ -318,11 +322,11 @@ class Dispatcher:
         commits), use the module-level :func:`pgpubsub_dispatch.notify` on your connection.
 
         :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
-        :param payload: text shorter than 8000 bytes in UTF-8, without NUL.
+        :param payload: text shorter than 8000 bytes in the database encoding, without NUL.
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises InvalidChannelName: if the channel name is not acceptable.
         :raises TypeError: if ``payload`` is not a ``str``.
-        :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in UTF-8.
+        :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in the database encoding.
         :raises ValueError: if ``payload`` contains NUL.
         :raises DispatcherStopped: if the dispatcher is not running, or stops first.
         :raises NotConnected: if the dispatcher is reconnecting and ``timeout`` passes before
@@ -368,7 +372,7 @@ class Dispatcher:
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises TypeError: if ``obj`` is not JSON-serialisable.
         :raises ValueError: if it holds NaN or infinity.
-        :raises PayloadTooLarge: if its encoding is 8000 bytes or more in UTF-8.
+        :raises PayloadTooLarge: if its text is 8000 bytes or more in the database encoding.
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`.
         """

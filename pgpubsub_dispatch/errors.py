@@ -33,12 +33,14 @@ class InvalidChannelName(PubSubError, ValueError):
     Raised before anything is sent, by every entry point that takes a channel (``listen``,
     ``unlisten``, ``notify``, ``subscribe``, ``on``, ``unsubscribe``, ``signal``), when the name is
     not a ``str``, is empty, contains NUL, or is longer than 63 bytes in UTF-8 (PostgreSQL's
-    NAMEDATALEN - 1; ``LISTEN`` would silently truncate it, so two names could collide).
+    NAMEDATALEN - 1; ``LISTEN`` would silently truncate it, so two names could collide). Once
+    the dispatcher has connected, also when the database encoding cannot represent the name
+    (the server would refuse it); ``start()`` raises it for such a recorded name.
     """
 
 
 class PayloadTooLarge(PubSubError, ValueError):
-    """A payload of 8000 bytes or more in UTF-8.
+    """A payload of 8000 bytes or more in the database encoding (UTF-8 until it is known).
 
     PostgreSQL refuses payloads that are not shorter than 8000 bytes (``payload string too
     long``, SQLSTATE 22023); this is raised in the caller's thread before anything is sent.
