@@ -25,6 +25,7 @@ from .compat import PubSub, connect
 from .dispatcher import Dispatcher, DispatcherStats
 from .errors import (
     ConnectionLost,
+    DeafSession,
     DispatcherStopped,
     InvalidChannelName,
     NoServerAvailable,
@@ -35,7 +36,7 @@ from .errors import (
     WouldDeadlock,
 )
 from .notification import DecodedNotification, Notification
-from .signals import connected, disconnected, handler_error, reconnected
+from .signals import connected, deaf, disconnected, handler_error, hearing, reconnected
 from .streams import NotificationStream
 from .transactional import notify
 from .triggers import (
@@ -49,6 +50,7 @@ __all__ = [
     "MAX_CHANNEL_BYTES",
     "MAX_PAYLOAD_BYTES",
     "ConnectionLost",
+    "DeafSession",
     "DecodedNotification",
     "Dispatcher",
     "DispatcherStats",
@@ -67,10 +69,12 @@ __all__ = [
     "connected",
     "create_table_notify_trigger",
     "create_tables_notify_func",
+    "deaf",
     "disconnected",
     "drop_table_notify_trigger",
     "drop_tables_notify_func",
     "handler_error",
+    "hearing",
     "notify",
     "reconnected",
 ]

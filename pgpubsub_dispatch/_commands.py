@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from psycopg2 import sql
 
-from ._names import check_channel, check_payload
+from ._names import DatabaseEncoding, check_channel, check_payload
 from ._routing import Handler, Routes
 from .errors import DispatcherStopped
 
@@ -46,7 +46,8 @@ _NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 # unnest() yields the pairs in array order, so they are notified (and delivered) in order.
 _NOTIFY_BATCH_SQL = "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS t(c, p)"
 _HEARTBEAT_SQL = (
-    "SELECT pg_notification_queue_usage(), array(SELECT pg_listening_channels())::text[]"
+    "SELECT pg_notification_queue_usage(), array(SELECT pg_listening_channels())::text[], "
+    "pg_backend_pid()"
 )
 _QUEUE_USAGE_SQL = "SELECT pg_notification_queue_usage()"
 
@@ -141,6 +142,7 @@ class Listen(Command):
         self.channel = check_channel(channel)
 
     def statement(self, routes: Routes) -> Statement | None:
+        routes.check_representable(self.channel)
         query = routes.listen_sql(self.channel)
         return None if query is None else (query, None)
 
@@ -148,6 +150,7 @@ class Listen(Command):
         served.routes.listen(self.channel, listening=True)
 
     def record(self, routes: Routes) -> None:
+        routes.check_representable(self.channel)
         routes.listen(self.channel, listening=False)
 
 
@@ -166,6 +169,7 @@ class Subscribe(Listen):
         served.routes.subscribe(self.channel, self.handler, listening=True)
 
     def record(self, routes: Routes) -> None:
+        routes.check_representable(self.channel)
         routes.subscribe(self.channel, self.handler, listening=False)
 
 
@@ -220,7 +224,8 @@ class Notify(Command):
     The dispatcher may send several queued notifies in one transaction (a
     :class:`NotifyBatch`), never two identical ones (the server would fold them). ``alone``
     marks one to be sent in a transaction of its own: set when a shared transaction failed,
-    so each is retried by itself.
+    so each is retried by itself. ``encoding``: the database's, when known (the channel must
+    be representable in it, and the payload is measured in it).
     """
 
     __slots__ = ("alone", "channel", "payload")
@@ -228,10 +233,14 @@ class Notify(Command):
     needs_session = True
     any_session = True
 
-    def __init__(self, channel: str, payload: str) -> None:
+    def __init__(
+        self, channel: str, payload: str, encoding: DatabaseEncoding | None = None
+    ) -> None:
         super().__init__()
         self.channel = check_channel(channel)
-        self.payload = check_payload(payload)
+        self.payload = check_payload(payload, encoding)
+        if encoding is not None:
+            encoding.check_channel(channel)
         self.alone = False
 
     def take(self) -> bool:
@@ -305,7 +314,8 @@ class QueueUsage(Command):
 
 
 class Heartbeat(Command):
-    """The dispatcher's own liveness probe: queue usage and ``pg_listening_channels()``."""
+    """The dispatcher's own liveness check: queue usage, ``pg_listening_channels()`` and the
+    server session's pid (a transaction pooler changes it under us)."""
 
     __slots__ = ()
 

@@ -20,6 +20,7 @@ __all__ = [
     "LIVENESS_DEFAULTS",
     "attempt_timeout",
     "describe_target",
+    "given_client_encoding",
     "host_alternatives",
     "with_liveness",
 ]
@@ -31,6 +32,9 @@ LIVENESS_DEFAULTS: dict[str, str] = {
     "keepalives_count": "3",  # unanswered probes before the kernel drops the connection
 }
 """TCP keepalive parameters set on every connection unless the DSN or keywords give them."""
+
+PINNED_CLIENT_ENCODING = "UTF8"
+"""The dispatcher's own sessions always use this ``client_encoding`` (see :func:`with_liveness`)."""
 
 TCP_USER_TIMEOUT_MS = "30000"
 """``tcp_user_timeout`` (milliseconds unacknowledged data may wait) where libpq supports it."""
@@ -49,24 +53,38 @@ def _dsn_params(dsn: str | None) -> dict[str, str]:
 
 
 def with_liveness(dsn: str | None, connect_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Return ``connect_kwargs`` plus the keepalive defaults the caller did not set.
+    """Return ``connect_kwargs`` plus the keepalive defaults the caller did not set, and
+    ``client_encoding=UTF8``.
 
     :param dsn: the libpq DSN or URI given by the user (may be ``None``).
     :param connect_kwargs: the keyword parameters given by the user.
-    :returns: a new dict; the user's own values always win.
+    :returns: a new dict; the user's own values win, except ``client_encoding``, which is
+        always ``UTF8`` (names and payloads then round-trip whatever the user gave).
     """
     given = set(_dsn_params(dsn)) | set(connect_kwargs)
     merged = dict(connect_kwargs)
     defaults = dict(LIVENESS_DEFAULTS)
-    # Channel names are checked and quoted as UTF-8; a session in another client encoding
-    # would mangle non-ASCII names in LISTEN (psycopg2 quotes identifiers in that encoding).
-    defaults["client_encoding"] = "UTF8"
     if psycopg2.extensions.libpq_version() >= 120000:
         defaults["tcp_user_timeout"] = TCP_USER_TIMEOUT_MS
     for key, value in defaults.items():
         if key not in given:
             merged[key] = value
+    # Always, whatever the DSN, keywords or PGCLIENTENCODING say: psycopg2 quotes identifiers
+    # as UTF-8 text, so a session in another client encoding would LISTEN to mojibake.
+    merged["client_encoding"] = PINNED_CLIENT_ENCODING
     return merged
+
+
+def given_client_encoding(dsn: str | None, connect_kwargs: Mapping[str, Any]) -> str | None:
+    """The ``client_encoding`` the user asked for (keywords, DSN, then ``PGCLIENTENCODING``),
+    or ``None`` when it is UTF-8 anyway or not given."""
+    value = connect_kwargs.get("client_encoding")
+    if value is None:
+        value = _dsn_params(dsn).get("client_encoding") or os.environ.get("PGCLIENTENCODING")
+    if value is None:
+        return None
+    text = str(value)
+    return None if text.upper().replace("-", "").replace("_", "") in ("UTF8", "UNICODE") else text
 
 
 def host_alternatives(

@@ -32,6 +32,10 @@ notifies always use the side session, and its channel changes are recorded at on
 statements following (for ``listen``, as while reconnecting: a notification committed before
 the LISTEN runs is not received). Without an executor none of this applies: the hot path is
 unchanged.
+
+Every new session is probed (``_probe``): a notification sent from another session must
+arrive. A deaf session fails ``start()``; once running, it is reported (a warning, ``deaf``,
+``stats().deaf``) and replaced, and probes go on every heartbeat until one arrives again.
 """
 
 from __future__ import annotations
@@ -53,14 +57,16 @@ from . import _timeouts, signals
 from ._commands import Command, Heartbeat, Notify, NotifyBatch, Resync
 from ._control import Control, State
 from ._delivery import Delivery, send_signal
+from ._names import DatabaseEncoding
 from ._options import Options
+from ._probe import Probe, Verdict
 from ._routing import Routes, listen_sql
 from ._session import POLL_WRITE, Session, one_line
 from ._side import SideSession
 from ._stats import Counters
 from ._text import plural
 from ._waiting import wait
-from .errors import DispatcherStopped, NotConnected
+from .errors import DeafSession, DispatcherStopped, InvalidChannelName, NotConnected
 
 __all__ = ["ConnectionLost", "Loop"]
 
@@ -126,6 +132,7 @@ class Loop:
         self._resync_due = False  # channel changes recorded under backpressure: catch up
         self._stalled_since: float | None = None
         self._next_heartbeat = 0.0
+        self._probe = Probe(options, self._wake_now)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -134,7 +141,7 @@ class Loop:
         control = self._control
         control.loop_ident = threading.get_ident()
         try:
-            self._connect(deadline, reconnecting=False)
+            verdict = self._connect(deadline, reconnecting=False)
         except BaseException as exc:
             self._abandon_start()
             started.set_exception(self._options.secrets.redacted(exc))
@@ -146,6 +153,7 @@ class Loop:
                     control.state = State.RUNNING
             assert control.backend_pid is not None
             send_signal(signals.connected, self._sender, backend_pid=control.backend_pid)
+            self._settle_probe(verdict, reconnect_if_deaf=False)
             started.set_result(None)
             self._serve_until_stopped()
         except ConnectionLost as lost:
@@ -182,9 +190,11 @@ class Loop:
         for command in queued:
             command.stopped(stopped)
 
-    def _connect(self, deadline: float | None, *, reconnecting: bool) -> None:
-        """Open a session and LISTEN every wanted channel in one round trip.
+    def _connect(self, deadline: float | None, *, reconnecting: bool) -> Verdict:
+        """Open a session, LISTEN every wanted channel in one round trip, and probe it.
 
+        :returns: the probe's verdict on the new session.
+        :raises DeafSession: at start, if the session does not hear other sessions.
         :raises psycopg2.Error: if connecting or LISTENing fails.
         :raises TimeoutError: if ``deadline`` passes first.
         :raises DispatcherStopped: if ``stop()`` is called meanwhile.
@@ -193,18 +203,19 @@ class Loop:
         assert waker is not None
         between = self._absorb_while_connecting if reconnecting else self._raise_if_stopping
         session = self.session = Session.open(self._options, waker, deadline, between)
-        channels = self.routes.wanted  # final: commands stay queued from here on
-        if channels:
-            at = deadline or _timeouts.deadline(self._options.attempt_seconds)
-            try:
-                session.execute_now((listen_sql(sorted(channels)), None), waker, at)
-            finally:
-                self._raise_if_stopping()
+        session.probe_channel = self._probe.channel
+        self.routes.database_encoding = DatabaseEncoding.of(session.server_encoding)
+        at = deadline or _timeouts.deadline(self._options.attempt_seconds)
+        try:
+            channels = self._listen_wanted(session, at, reconnecting=reconnecting)
+        finally:
+            self._raise_if_stopping()
         self.routes.session_listens(channels)
         self._unlisten_owed.clear()
         self._resync_due = False
         self._stalled_since = None
         self._control.backend_pid = session.backend_pid
+        self._counters.pooler = pooler = session.backend_pid != session.libpq_pid
         self._schedule_heartbeat()
         log.info(
             "connected to %s, backend pid %d, listening to %s",
@@ -212,7 +223,140 @@ class Loop:
             session.backend_pid,
             plural(len(channels), "channel"),
         )
-        self._counters.received += session.take_notifies(self.delivery.pending)
+        if pooler:
+            log.warning(
+                "a pooler is in the way: libpq reports backend pid %d, the server session is "
+                "pid %d; LISTEN works only in session pooling (PgBouncer pool_mode = session), "
+                "so the dispatcher proves delivery every heartbeat",
+                session.libpq_pid,
+                session.backend_pid,
+            )
+        self._take_notifies()
+        return self._prove_hearing(session, deadline)
+
+    def _listen_wanted(
+        self, session: Session, deadline: float | None, *, reconnecting: bool
+    ) -> frozenset[str]:
+        """LISTEN the probe channel and every wanted channel, and read the server's pid.
+
+        On a reconnection, a channel the database cannot hold as a name is skipped (logged as
+        an error), so that one name never makes every reconnection fail.
+
+        :returns: the channels now LISTENed (the probe's apart).
+        :raises InvalidChannelName: at start, for a recorded name the database cannot hold.
+        :raises psycopg2.Error, TimeoutError: if LISTENing fails or ``deadline`` passes.
+        """
+        waker = self._control.waker
+        assert waker is not None
+        wanted = self.routes.wanted  # final: commands stay queued from here on
+        refused: dict[str, BaseException] = {}
+        for channel in sorted(wanted):
+            try:
+                self.routes.check_representable(channel)
+            except InvalidChannelName as exc:
+                if not reconnecting:
+                    raise
+                refused[channel] = exc
+        channels = sorted(wanted - refused.keys())
+        pid_sql = sql.SQL("SELECT pg_backend_pid()")
+        statement = sql.SQL("; ").join([listen_sql([self._probe.channel, *channels]), pid_sql])
+        try:
+            session.execute_now((statement, None), waker, deadline)
+        except psycopg2.DataError:  # class 22: a name the database encoding cannot hold
+            if not reconnecting or session.closed:
+                raise
+            for channel in [self._probe.channel, *channels]:
+                try:
+                    session.execute_now((listen_sql([channel]), None), waker, deadline)
+                except psycopg2.DataError as exc:
+                    if session.closed or channel == self._probe.channel:
+                        raise
+                    refused[channel] = exc
+            session.execute_now((pid_sql, None), waker, deadline)
+        for channel, error in sorted(refused.items()):
+            log.error("not listening to %r: %s", channel, one_line(error))
+        row = session.fetch_row()
+        if row is not None:
+            session.backend_pid = int(row[0])
+        return frozenset(channels) - refused.keys()
+
+    def _prove_hearing(self, session: Session, deadline: float | None) -> Verdict:
+        """Probe a new session, waiting for the verdict (see ``_probe``).
+
+        :raises DeafSession: at start, when the probe's notification does not arrive.
+        :raises psycopg2.Error: if the session is lost meanwhile.
+        :raises TimeoutError: if ``deadline`` passes first.
+        :raises DispatcherStopped: if ``stop()`` is called meanwhile.
+        """
+        probe, waker = self._probe, self._control.waker
+        assert waker is not None
+        probe.begin(session.params)
+        while True:
+            verdict = probe.verdict(session.heard)
+            if verdict is not None:
+                break
+            if _timeouts.remaining(deadline) == 0.0:
+                raise TimeoutError("no answer in time while probing the new session")
+            at = probe.next_instant()
+            if deadline is not None and (at is None or deadline < at):
+                at = deadline
+            ready = wait([session.fd, waker.fileno()], [], _timeouts.seconds_until(at))
+            if waker.fileno() in ready:
+                waker.drain()
+                self._raise_if_stopping()  # commands stay queued until the session serves
+            if session.fd in ready:
+                session.poll()
+                self._take_notifies()
+        if verdict is Verdict.DEAF and self._control.state is State.STARTING:
+            probe.finish(frequent=True)
+            raise DeafSession(probe.deaf_error_text())
+        return verdict
+
+    def _take_notifies(self) -> None:
+        assert self.session is not None
+        self._counters.received += self.session.take_notifies(self.delivery.pending)
+
+    def _settle_probe(self, verdict: Verdict, *, reconnect_if_deaf: bool) -> None:
+        """Act on a probe's verdict: report deafness or its end, and schedule the next probe.
+
+        :raises ConnectionLost: when deaf and ``reconnect_if_deaf`` (a new session may land on
+            a good server connection).
+        """
+        probe, counters, session = self._probe, self._counters, self.session
+        assert session is not None
+        why_unknown = probe.why_unknown() if verdict is Verdict.UNKNOWN else ""
+        probe.finish(frequent=counters.pooler or verdict is not Verdict.HEARD)
+        session.heard.clear()
+        if verdict is Verdict.HEARD:
+            log.debug("the probe's notification arrived (backend pid %d)", session.backend_pid)
+            if counters.deaf:
+                counters.deaf = False
+                log.warning(
+                    "notifications sent from other sessions arrive again (backend pid %d)",
+                    session.backend_pid,
+                )
+                send_signal(signals.hearing, self._sender, backend_pid=session.backend_pid)
+        elif verdict is Verdict.UNKNOWN:
+            log.warning(
+                "could not prove that the session receives notifications from other sessions: "
+                "the probe %s; trying again later",
+                why_unknown,
+            )
+        else:
+            self._deafened(DeafSession(probe.deaf_error_text()), reconnect=reconnect_if_deaf)
+
+    def _deafened(self, error: DeafSession, *, reconnect: bool) -> None:
+        """Say loudly that the session is deaf; then replace it when ``reconnect``.
+
+        :raises ConnectionLost: when ``reconnect``.
+        """
+        self._counters.deaf = True
+        self._probe.finish(frequent=True)
+        self._note_error(error)
+        log.warning("deaf: %s%s", error, "; reconnecting" if reconnect else "")
+        send_signal(signals.deaf, self._sender, error=error)
+        if reconnect:
+            raise ConnectionLost(error)
 
     def _absorb_while_connecting(self) -> None:
         self._raise_if_stopping()
@@ -260,7 +404,7 @@ class Loop:
                 return False
             attempt += 1
             try:
-                self._connect(None, reconnecting=True)
+                verdict = self._connect(None, reconnecting=True)
             except DispatcherStopped:
                 self._close()
                 return False
@@ -287,6 +431,7 @@ class Loop:
             self._control.queue.extendleft(reversed(self.held))  # held ones first, in order
             self.held.clear()
             send_signal(signals.reconnected, self._sender, backend_pid=self._control.backend_pid)
+            self._settle_probe(verdict, reconnect_if_deaf=False)
             return True
 
     def _note_error(self, error: BaseException) -> None:
@@ -316,8 +461,12 @@ class Loop:
                 # Left pending, so a caller that times out can still cancel it: never sent.
                 self.held.append(command)
             elif command.take():
-                command.record(self.routes)
-                command.future.set_result(None)
+                try:
+                    command.record(self.routes)
+                except Exception as exc:  # a name the database cannot hold
+                    command.future.set_exception(exc)
+                else:
+                    command.future.set_result(None)
 
     def _shutdown(self, error: BaseException | None) -> None:
         """Fail every waiting call, UNLISTEN, close, and mark the dispatcher stopped."""
@@ -410,6 +559,8 @@ class Loop:
                     self._start_side()
                 if session.inflight is None and not stalled:
                     self._heartbeat_if_due()
+                if session.inflight is None:
+                    self._probe_if_due()
             if session.inflight is None:
                 self._deliver()
                 if control.stop_requested or control.lost is not None or control.queue:
@@ -470,6 +621,9 @@ class Loop:
         side_due = self.side.next_deadline()
         if side_due is not None and (due is None or side_due < due):
             due = side_due
+        probing = None if session is None or session.inflight else self._probe.next_instant()
+        if probing is not None and (due is None or probing < due):
+            due = probing
         return _timeouts.seconds_until(due)
 
     def _check_inflight_deadline(self) -> None:
@@ -499,6 +653,27 @@ class Loop:
             heartbeat = Heartbeat()
             heartbeat.take()
             self._begin(heartbeat)
+
+    def _probe_if_due(self) -> None:
+        """Start the probe when due; judge the probe in progress once it has a verdict.
+
+        :raises ConnectionLost: when the session is found deaf (after saying so).
+        """
+        probe, session = self._probe, self.session
+        assert session is not None
+        if not probe.running:
+            if probe.due is not None and time.monotonic() >= probe.due:
+                probe.begin(session.params)
+            return
+        verdict = probe.verdict(session.heard)
+        if verdict is Verdict.DEAF and session.fd in wait([session.fd], [], 0):
+            self._poll()  # what has already come in is read before judging
+            verdict = probe.verdict(session.heard)
+        if verdict is Verdict.DEAF and self.delivery.backpressure:
+            probe.postpone()  # not reading: the notification may be waiting on the server
+            return
+        if verdict is not None:
+            self._settle_probe(verdict, reconnect_if_deaf=True)
 
     def _start_next_command(self, stalled: bool = False) -> None:
         """Take queued commands until one needs the server (or the queue is empty).
@@ -608,7 +783,11 @@ class Loop:
         """Send ``command``'s SQL, or complete it at once when it needs none."""
         session = self.session
         assert session is not None
-        statement = command.statement(self.routes)
+        try:
+            statement = command.statement(self.routes)
+        except Exception as exc:  # e.g. a name the database encoding cannot hold
+            command.refused(exc, self._requeue)
+            return
         if statement is None:
             self._complete(command)
             return
@@ -688,7 +867,7 @@ class Loop:
 
         :raises ConnectionLost: when the session listens to less than it should.
         """
-        usage, channels = row
+        usage, channels, pid = row
         self._counters.queue_usage = float(usage)
         if self._counters.queue_usage > self._options.queue_warning:
             log.warning(
@@ -696,14 +875,28 @@ class Loop:
                 "transaction keeps it from emptying; when full, every NOTIFY fails)",
                 self._counters.queue_usage * 100,
             )
-        missing = sorted(self.routes.listening - set(channels))
-        if missing:
-            raise ConnectionLost(
-                psycopg2.OperationalError(
-                    f"the session stopped listening to {missing!r} (a pooler in transaction "
-                    "mode? LISTEN needs session pooling)"
-                )
+        if pid != self._control.backend_pid:
+            self._deafened(
+                DeafSession(
+                    f"the server session changed under the dispatcher (pid "
+                    f"{self._control.backend_pid}, now {pid}): a pooler in transaction or "
+                    "statement mode is in the way, and LISTEN needs session pooling"
+                ),
+                reconnect=True,
             )
+        listed = set(channels)
+        missing = sorted(self.routes.listening - listed)
+        if missing or self._probe.channel not in listed:
+            self._deafened(
+                DeafSession(
+                    f"the session stopped listening to {missing or 'its probe channel'!r} (a "
+                    "pooler in transaction mode? LISTEN needs session pooling)"
+                ),
+                reconnect=True,
+            )
+        if self._probe.after_heartbeat and not self._probe.running:
+            assert self.session is not None
+            self._probe.begin(self.session.params)
 
     # ------------------------------------------------------------------ in place
 

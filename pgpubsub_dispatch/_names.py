@@ -2,12 +2,19 @@
 
 The limits are the server's (see ``pg-rules``: PostgreSQL's NOTIFY reference page and
 "Identifiers and Key Words"): a channel is an identifier of at most 63 bytes (NAMEDATALEN - 1),
-and a payload must be shorter than 8000 bytes. Both are counted in UTF-8 bytes, not characters.
+and a payload must be shorter than 8000 bytes, in the database encoding. The dispatcher's session
+always speaks UTF-8 (``client_encoding`` is pinned), so names are checked in UTF-8 bytes; once
+the dispatcher has connected, :class:`DatabaseEncoding` also checks that a channel name is
+representable in the database encoding and counts payload bytes in it (``pg-rules``: "Client
+encoding", "Payload size").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+
+import psycopg2.extensions
 
 from .errors import InvalidChannelName, PayloadTooLarge
 
@@ -15,6 +22,7 @@ __all__ = [
     "MAX_CHANNEL_BYTES",
     "MAX_IDENTIFIER_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "DatabaseEncoding",
     "check_channel",
     "check_identifier",
     "check_payload",
@@ -120,14 +128,16 @@ def check_channel(channel: object) -> str:
     return check_identifier(channel, "channel name", InvalidChannelName)
 
 
-def check_payload(payload: object) -> str:
+def check_payload(payload: object, encoding: DatabaseEncoding | None = None) -> str:
     """Return ``payload`` unchanged if the server would accept it.
 
     :param payload: the candidate payload.
+    :param encoding: the database's encoding when known; ``None`` counts UTF-8 bytes.
     :returns: the same ``str``.
     :raises TypeError: if it is not a ``str`` (encode bytes yourself, or use JSON).
     :raises ValueError: if it contains NUL or is not encodable as UTF-8.
-    :raises PayloadTooLarge: if it is 8000 bytes or more in UTF-8.
+    :raises PayloadTooLarge: if it is 8000 bytes or more in the database encoding (UTF-8 when
+        ``encoding`` is ``None``).
     """
     if not isinstance(payload, str):
         raise TypeError(f"payload must be a str, not {type(payload).__name__}")
@@ -137,9 +147,57 @@ def check_payload(payload: object) -> str:
         size = len(payload.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise ValueError("payload is not valid UTF-8 (it holds a lone surrogate)") from exc
+    where = "UTF-8"
+    if encoding is not None and encoding.codec not in (None, "utf_8"):
+        where = f"the database encoding {encoding.name}"
+        # A character the database cannot hold is the server's to refuse (22P05), clearly.
+        size = len(payload.encode(encoding.codec, errors="replace"))
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
-            f"payload is {size} bytes in UTF-8; PostgreSQL requires fewer than "
+            f"payload is {size} bytes in {where}; PostgreSQL requires fewer than "
             f"{MAX_PAYLOAD_BYTES + 1}"
         )
     return payload
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseEncoding:
+    """A database's encoding (``server_encoding``), which names and payloads are stored in.
+
+    :param name: PostgreSQL's name for it (``UTF8``, ``LATIN1``, ``SQL_ASCII``, ...).
+    :param codec: the Python codec of the bytes the server stores; ``None`` when Python has
+        none (then the server alone judges). ``SQL_ASCII`` stores the client's bytes as they
+        come, so UTF-8 ones.
+    """
+
+    name: str
+    codec: str | None
+
+    @classmethod
+    def of(cls, server_encoding: str) -> DatabaseEncoding:
+        """The encoding PostgreSQL reports as ``server_encoding`` (``str``)."""
+        if server_encoding.upper() == "SQL_ASCII":
+            return cls(server_encoding, "utf_8")
+        return cls(server_encoding, psycopg2.extensions.encodings.get(server_encoding.upper()))
+
+    def check_channel(self, channel: str) -> str:
+        """Return ``channel`` if this database can hold it as a name; see :func:`check_channel`.
+
+        :raises InvalidChannelName: if it has a character this encoding cannot represent (the
+            server would refuse the LISTEN or NOTIFY), or is longer than 63 bytes in it.
+        """
+        if self.codec is None or self.codec == "utf_8":
+            return channel
+        try:
+            size = len(channel.encode(self.codec))
+        except UnicodeEncodeError as exc:
+            raise InvalidChannelName(
+                f"channel name {channel!r} cannot be represented in the database encoding "
+                f"{self.name} ({exc.object[exc.start : exc.end]!r} has no equivalent there)"
+            ) from None
+        if size > MAX_IDENTIFIER_BYTES:
+            raise InvalidChannelName(
+                f"channel name is {size} bytes in the database encoding {self.name}; "
+                f"PostgreSQL allows at most {MAX_IDENTIFIER_BYTES}: {channel!r}"
+            )
+        return channel

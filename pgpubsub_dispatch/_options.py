@@ -7,17 +7,27 @@ read it without a lock.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from concurrent.futures import Executor
 from typing import Any
 
-from ._connection import attempt_timeout, describe_target, host_alternatives, with_liveness
+from ._connection import (
+    PINNED_CLIENT_ENCODING,
+    attempt_timeout,
+    describe_target,
+    given_client_encoding,
+    host_alternatives,
+    with_liveness,
+)
 from ._secrets import Secrets
 
 __all__ = ["MAX_INTERVAL_SECONDS", "Options"]
 
 MAX_INTERVAL_SECONDS = 86_400.0
 """The longest heartbeat interval, heartbeat timeout or reconnection delay accepted: one day."""
+
+log = logging.getLogger("pgpubsub_dispatch")
 
 _RESERVED_KWARGS = frozenset({"async", "async_", "connection_factory"})
 
@@ -86,6 +96,14 @@ class Options:
             raise ValueError(f"queue_warning must be a fraction in (0, 1], not {queue_warning!r}")
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a positive int, not {max_pending!r}")
+        asked = given_client_encoding(dsn, connect_kwargs)
+        if asked is not None:
+            log.info(
+                "client_encoding %s is not used: the dispatcher's own session is pinned to %s, "
+                "so channel names and payloads round-trip exactly (the server converts)",
+                asked,
+                PINNED_CLIENT_ENCODING,
+            )
         return cls(
             dsn=dsn,
             connect_kwargs=with_liveness(dsn, dict(connect_kwargs)),

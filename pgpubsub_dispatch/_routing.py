@@ -4,7 +4,8 @@ Thread contract: every change happens under ``Routes._lock``, whichever thread m
 caller while the dispatcher is not running, the dispatcher thread while it runs, any thread
 connecting to a channel's blinker signal). Readers on the hot path (the dispatcher thread,
 executor threads) read :attr:`Routes.table` and :attr:`Routes.version` without the lock: the
-table is an immutable snapshot, replaced whole on every change.
+table is an immutable snapshot, replaced whole on every change. ``database_encoding`` is written
+by the dispatcher thread at each connection and read by any thread (one reference).
 
 Handlers given to ``subscribe`` are kept here in subscription order (blinker's own receiver
 order is undefined); receivers connected straight to ``signal(channel)`` are called after them.
@@ -18,6 +19,8 @@ from typing import Any
 
 import blinker
 from psycopg2 import sql
+
+from ._names import DatabaseEncoding
 
 __all__ = ["Handler", "Routes", "SignalReceivers", "listen_sql", "unlisten_sql"]
 
@@ -69,6 +72,19 @@ class Routes:
         """Called (inside the lock) with a channel that stops being routed."""
         self.call_one: Callable[[Handler, Any], None] = _call_plainly
         """How a signal's receivers are called (set by delivery, which isolates them)."""
+        self.database_encoding: DatabaseEncoding | None = None
+        """The encoding of the database last connected to, which channel names must be
+        representable in; ``None`` before the first connection."""
+
+    def check_representable(self, channel: str) -> None:
+        """Raise if the database last connected to cannot hold ``channel`` as a name.
+
+        :raises InvalidChannelName: if it has a character the database encoding lacks, or is
+            longer than 63 bytes in it.
+        """
+        encoding = self.database_encoding
+        if encoding is not None:
+            encoding.check_channel(channel)
 
     # ---------------------------------------------------------------- reading
 

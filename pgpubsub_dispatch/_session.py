@@ -3,7 +3,8 @@
 Dispatcher thread only. The connection is opened with ``async_=True``: a statement is sent,
 then :meth:`Session.poll` is called each time the socket is ready, so no call ever blocks the
 thread and every wait has a deadline (libpq's asynchronous command processing). After every
-poll, notifications the connection has read are taken into the caller's queue.
+poll, notifications the connection has read are taken into the caller's queue, except the
+dispatcher's own probe notifications (see ``_probe``), which are set aside in ``heard``.
 """
 
 from __future__ import annotations
@@ -36,12 +37,24 @@ class Session:
     """An open session; see :meth:`open`.
 
     :param conn: a connection made with ``async_=True`` that has finished connecting.
+    :param params: the ``(dsn, connect_kwargs)`` it was made with (one host's, for failover).
     """
 
-    def __init__(self, conn: psycopg2.extensions.connection) -> None:
+    def __init__(
+        self, conn: psycopg2.extensions.connection, params: tuple[str | None, dict[str, Any]]
+    ) -> None:
         self.conn = conn
+        self.params = params
         self.fd = conn.fileno()
-        self.backend_pid: int = conn.get_backend_pid()
+        self.libpq_pid: int = conn.get_backend_pid()
+        """libpq's backend pid: a pooler (PgBouncer) makes one up."""
+        self.backend_pid: int = self.libpq_pid
+        """The server session's own pid (``pg_backend_pid()``), once read; libpq's until then."""
+        self.server_encoding: str = conn.info.parameter_status("server_encoding") or "UTF8"
+        self.probe_channel: str | None = None
+        """Notifications on this channel are the dispatcher's probes: set aside in ``heard``."""
+        self.heard: set[str] = set()
+        """Payloads of the probe notifications received."""
         self.inflight: Command | None = None
         """The command whose statement is on its way, or ``None``."""
         self.inflight_deadline: float | None = None
@@ -73,7 +86,7 @@ class Session:
             try:
                 conn = psycopg2.connect(dsn, async_=True, **kwargs)
                 _poll_until_ok(conn, waker, attempt, "connecting", between_waits)
-                return cls(conn)
+                return cls(conn, (dsn, kwargs))
             except (psycopg2.Error, TimeoutError) as exc:
                 if conn is not None:
                     _close(conn)
@@ -122,14 +135,17 @@ class Session:
         return state
 
     def take_notifies(self, into: collections.deque[Any]) -> int:
-        """Move the notifications read so far to ``into``; return how many."""
+        """Move the notifications read so far to ``into``; return how many (probes apart)."""
         notifies = self.conn.notifies
         if not notifies:
             return 0
-        count = len(notifies)
-        into.extend(notifies)
+        probe = self.probe_channel
+        kept = [n for n in notifies if n.channel != probe]
+        if len(kept) != len(notifies):
+            self.heard.update(n.payload for n in notifies if n.channel == probe)
+        into.extend(kept)
         notifies.clear()
-        return count
+        return len(kept)
 
     def fetch_row(self) -> tuple[Any, ...] | None:
         """The first row of the last statement's result (``None`` if it returned none)."""

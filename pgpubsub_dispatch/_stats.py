@@ -1,11 +1,11 @@
 """Counters of a dispatcher's life, and the :class:`DispatcherStats` snapshot made from them.
 
 Thread contract: the dispatcher thread alone writes ``received``, ``dispatched``,
-``reconnects``, ``last_error`` and ``queue_usage``; ``handler_errors`` and ``handler_dropped``
-(written by whichever thread ran the handler: the dispatcher thread, an executor's, an event
-loop's) and ``dropped`` (also written by a caller that unsubscribes while the dispatcher stops)
-change only under ``Counters.lock``. Any thread
-reads them (each is one ``int`` or ``str`` reference, read whole).
+``reconnects``, ``last_error``, ``queue_usage``, ``deaf`` and ``pooler``; ``handler_errors``
+and ``handler_dropped`` (written by whichever thread ran the handler: the dispatcher thread, an
+executor's, an event loop's) and ``dropped`` (also written by a caller that unsubscribes while
+the dispatcher stops) change only under ``Counters.lock``. Any thread
+reads them (each is one ``int``, ``bool`` or ``str`` reference, read whole).
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class DispatcherStats:
         handler_dropped: notifications a coroutine handler never received: its event loop
             fell more than ``COROUTINE_BUFFER`` (10,000) notifications behind (the oldest
             are dropped), its loop was closed, or it was unsubscribed before their turn came.
+        deaf: ``True`` from a failed probe (a notification sent from another session did not
+            arrive: a pooler in transaction mode) until a probe succeeds again.
+        pooler: ``True`` when the current (or last) session goes through a connection pooler
+            (libpq's backend pid is not the server session's).
     """
 
     received: int
@@ -54,6 +58,8 @@ class DispatcherStats:
     pending: int = 0
     backpressure: bool = False
     handler_dropped: int = 0
+    deaf: bool = False
+    pooler: bool = False
 
     @property
     def connected(self) -> bool:
@@ -74,6 +80,8 @@ class Counters:
         self.reconnects = 0
         self.last_error: str | None = None
         self.queue_usage: float | None = None
+        self.deaf = False
+        self.pooler = False
         self.handler_dropped = 0
 
     def after_fork(self) -> None:

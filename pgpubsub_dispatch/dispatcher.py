@@ -42,7 +42,7 @@ from ._commands import (
 )
 from ._control import Control, State
 from ._loop import Loop
-from ._names import check_channel
+from ._names import DatabaseEncoding, check_channel
 from ._options import Options
 from ._routing import Handler, Routes
 from ._stats import Counters, DispatcherStats
@@ -212,6 +212,8 @@ class Dispatcher:
             pending=delivery.waiting_for_executor,
             backpressure=delivery.backpressure,
             handler_dropped=counters.handler_dropped,
+            deaf=counters.deaf,
+            pooler=counters.pooler,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
@@ -234,6 +236,10 @@ class Dispatcher:
             with an ``executor``, or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
             left running); any ``psycopg2.Error`` if a LISTEN fails.
+        :raises DeafSession: if a notification sent from another session does not arrive (a
+            pooler in transaction mode: LISTEN needs session pooling); nothing is left running.
+        :raises InvalidChannelName: if a recorded channel cannot be represented in the
+            database encoding.
         :raises TimeoutError: if ``timeout`` passes first.
         """
         deadline = _timeouts.deadline(_timeouts.check_timeout(timeout))
@@ -350,11 +356,11 @@ class Dispatcher:
         commits), use the module-level :func:`pgpubsub_dispatch.notify` on your connection.
 
         :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
-        :param payload: text shorter than 8000 bytes in UTF-8, without NUL.
+        :param payload: text shorter than 8000 bytes in the database encoding, without NUL.
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises InvalidChannelName: if the channel name is not acceptable.
         :raises TypeError: if ``payload`` is not a ``str``.
-        :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in UTF-8.
+        :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in the database encoding.
         :raises ValueError: if ``payload`` contains NUL.
         :raises DispatcherStopped: if the dispatcher is not running, or stops first.
         :raises NotConnected: if the dispatcher is reconnecting and ``timeout`` passes before
@@ -365,7 +371,7 @@ class Dispatcher:
             NOTIFY queue``, SQLSTATE 54000); the dispatcher keeps running.
         :raises TimeoutError: if ``timeout`` passes first (it may still be sent).
         """
-        self._submit(Notify(channel, payload), timeout)
+        self._submit(Notify(channel, payload, self._routes.database_encoding), timeout)
 
     def notify_many(
         self, notifications: Iterable[tuple[str, str]], timeout: float | None = None
@@ -383,7 +389,8 @@ class Dispatcher:
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`, for the first pair that failed (others may have been sent).
         """
-        commands = [_notify_item(index, item) for index, item in enumerate(notifications)]
+        encoding = self._routes.database_encoding
+        commands = [_notify_item(i, item, encoding) for i, item in enumerate(notifications)]
         if commands:
             self._submit_all(commands, timeout)
 
@@ -399,7 +406,7 @@ class Dispatcher:
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises TypeError: if ``obj`` is not JSON-serialisable.
         :raises ValueError: if it holds NaN or infinity.
-        :raises PayloadTooLarge: if its encoding is 8000 bytes or more in UTF-8.
+        :raises PayloadTooLarge: if its text is 8000 bytes or more in the database encoding.
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`.
         """
@@ -747,11 +754,11 @@ class Dispatcher:
                 self._routes.unsubscribe(channel, stream._put)
 
 
-def _notify_item(index: int, item: Any) -> Notify:
+def _notify_item(index: int, item: Any, encoding: DatabaseEncoding | None) -> Notify:
     """The ``index``-th item of ``notify_many``, checked; errors name its index."""
     if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
         raise TypeError(f"notify_many() takes (channel, payload) pairs; item {index} is {item!r}")
     try:
-        return Notify(item[0], item[1])
+        return Notify(item[0], item[1], encoding)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"notify_many() item {index}: {exc}") from None

@@ -15,6 +15,7 @@ import psycopg2
 
 __all__ = [
     "ConnectionLost",
+    "DeafSession",
     "DispatcherStopped",
     "InvalidChannelName",
     "NoServerAvailable",
@@ -36,12 +37,14 @@ class InvalidChannelName(PubSubError, ValueError):
     Raised before anything is sent, by every entry point that takes a channel (``listen``,
     ``unlisten``, ``notify``, ``subscribe``, ``on``, ``unsubscribe``, ``signal``), when the name is
     not a ``str``, is empty, contains NUL, or is longer than 63 bytes in UTF-8 (PostgreSQL's
-    NAMEDATALEN - 1; ``LISTEN`` would silently truncate it, so two names could collide).
+    NAMEDATALEN - 1; ``LISTEN`` would silently truncate it, so two names could collide). Once
+    the dispatcher has connected, also when the database encoding cannot represent the name
+    (the server would refuse it); ``start()`` raises it for such a recorded name.
     """
 
 
 class PayloadTooLarge(PubSubError, ValueError):
-    """A payload of 8000 bytes or more in UTF-8.
+    """A payload of 8000 bytes or more in the database encoding (UTF-8 until it is known).
 
     PostgreSQL refuses payloads that are not shorter than 8000 bytes (``payload string too
     long``, SQLSTATE 22023); this is raised in the caller's thread before anything is sent.
@@ -54,6 +57,18 @@ class DispatcherStopped(PubSubError, RuntimeError):
     Raised by ``notify`` on a dispatcher that is not running, and by any call that was waiting
     on the command queue when ``stop()`` ran or the connection was lost. ``__cause__`` holds
     the connection error when there was one.
+    """
+
+
+class DeafSession(PubSubError, RuntimeError):
+    """The dispatcher's session does not receive notifications sent from other sessions.
+
+    Found by the dispatcher's probe: a notification committed on a private probe channel by a
+    short-lived connection of its own (same parameters, so through the same pooler) did not
+    arrive within the probe's wait. The usual cause is a connection pooler in transaction or
+    statement mode (PgBouncer ``pool_mode = transaction``): LISTEN needs session pooling.
+    Raised by ``start()`` (nothing is left running); once running, it is the ``error`` of the
+    ``deaf`` signal and of the reconnection that follows, and ``stats().deaf`` is ``True``.
     """
 
 

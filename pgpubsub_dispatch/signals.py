@@ -12,6 +12,11 @@ and never stops the dispatcher. Connect for one dispatcher only with
   ``None`` after ``stop()`` and the cause otherwise.
 - ``reconnected(sender, backend_pid: int)``: a new connection listens to every channel again;
   notifications sent during the gap may have been lost, so resynchronise.
+- ``deaf(sender, error: DeafSession)``: the session stopped receiving notifications sent from
+  other sessions (a pooler in transaction mode); sent each time a probe finds it deaf, while
+  ``stats().deaf`` stays ``True``. The dispatcher reconnects to recover.
+- ``hearing(sender, backend_pid: int)``: a probe proved again, after ``deaf``, that
+  notifications from other sessions arrive; ``stats().deaf`` is ``False`` again.
 - ``handler_error(sender, handler, notification, error)``: a handler raised ``error`` (any
   ``BaseException``) while handling ``notification``; the other handlers still received it.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["connected", "disconnected", "handler_error", "reconnected"]
+__all__ = ["connected", "deaf", "disconnected", "handler_error", "hearing", "reconnected"]
 
 _signals = Namespace()
 
@@ -29,6 +34,8 @@ disconnected = _signals.signal(
     "disconnected", doc="disconnected(sender, error: BaseException | None)"
 )
 reconnected = _signals.signal("reconnected", doc="reconnected(sender, backend_pid: int)")
+deaf = _signals.signal("deaf", doc="deaf(sender, error: DeafSession)")
+hearing = _signals.signal("hearing", doc="hearing(sender, backend_pid: int)")
 handler_error = _signals.signal(
     "handler_error", doc="handler_error(sender, handler, notification, error: BaseException)"
 )

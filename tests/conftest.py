@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.support.proxy",
     "tests.support.cli",
     "tests.support.loops",
+    "tests.support.databases",
 ]
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "find_bin_dir",
     "free_port",
     "private_server_fixture",
+    "unprivileged_popen_kwargs",
 ]
 
 RUN_AS_USER = "pgpubsub_test"
@@ -181,6 +182,12 @@ def _run_as() -> _RunAs:
         if _run_as_cached is None:
             _run_as_cached = _RunAs()
         return _run_as_cached
+
+
+def unprivileged_popen_kwargs() -> dict[str, Any]:
+    """:mod:`subprocess` keyword arguments that run a server program as :data:`RUN_AS_USER`
+    when we are root (PostgreSQL and PgBouncer refuse root), else nothing."""
+    return _run_as().popen_kwargs()
 
 
 def _ensure_others_can_use(bin_dir: Path) -> None:
