@@ -20,6 +20,7 @@ are kept, built on the dispatcher.
 
 from __future__ import annotations
 
+from . import gapless
 from ._names import MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES
 from .compat import PubSub, connect
 from .dispatcher import Dispatcher, DispatcherStats
@@ -34,7 +35,7 @@ from .errors import (
     PubSubError,
 )
 from .notification import Notification
-from .signals import connected, disconnected, handler_error, reconnected
+from .signals import connected, disconnected, gap, handler_error, reconnected
 from .streams import NotificationStream
 from .transactional import notify
 from .triggers import (
@@ -67,6 +68,8 @@ __all__ = [
     "disconnected",
     "drop_table_notify_trigger",
     "drop_tables_notify_func",
+    "gap",
+    "gapless",
     "handler_error",
     "notify",
     "reconnected",

@@ -165,6 +165,7 @@ class Loop:
             finally:
                 self._raise_if_stopping()
         self.routes.session_listens(channels)
+        self.delivery.new_session()
         self._control.backend_pid = session.backend_pid
         self._schedule_heartbeat()
         log.info(

@@ -12,13 +12,16 @@ dispatcher. Connect for one dispatcher only with ``connected.connect(fn, sender=
   notifications sent during the gap may have been lost, so resynchronise.
 - ``handler_error(sender, handler, notification, error)``: a handler raised ``error`` while
   handling ``notification``; the other handlers still received it.
+- ``gap(sender, channel: str, missing: range)``: on a gap-free channel, the positions in
+  ``missing`` were pruned before this dispatcher delivered them (its retention window let them
+  go); sent before the notifications after them are delivered.
 """
 
 from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["connected", "disconnected", "handler_error", "reconnected"]
+__all__ = ["connected", "disconnected", "gap", "handler_error", "reconnected"]
 
 _signals = Namespace()
 
@@ -30,3 +33,4 @@ reconnected = _signals.signal("reconnected", doc="reconnected(sender, backend_pi
 handler_error = _signals.signal(
     "handler_error", doc="handler_error(sender, handler, notification, error: Exception)"
 )
+gap = _signals.signal("gap", doc="gap(sender, channel: str, missing: range)")
