@@ -232,7 +232,8 @@ class Dispatcher:
         :raises DispatcherStopped: in a child process that inherited it through ``fork()``,
             or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
-            left running); any ``psycopg2.Error`` if a LISTEN fails.
+            left running); any ``psycopg2.Error`` if a LISTEN fails, or the first read of a
+            gap-free channel (e.g. its log is not installed: then it is stopped again).
         :raises TimeoutError: if ``timeout`` passes first.
         """
         deadline = _timeouts.deadline(_timeouts.check_timeout(timeout))
@@ -263,6 +264,7 @@ class Dispatcher:
                 self._request_stop()
             thread.join()
             raise
+        self._gapless_ready(self.channels, deadline, raise_failure=True)
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -305,6 +307,7 @@ class Dispatcher:
         :raises DispatcherStopped: if the dispatcher stops before serving the call.
         """
         self._submit(Listen(channel), timeout)
+        self._gapless_ready([channel], _timeouts.deadline(timeout), raise_failure=False)
 
     def unlisten(self, channel: str, timeout: float | None = None) -> None:
         """UNLISTEN ``channel``; a channel not listened to is a no-op.
@@ -458,6 +461,7 @@ class Dispatcher:
         :raises DispatcherStopped: if the dispatcher stops before serving the call.
         """
         self._submit(Subscribe(channel, handler), timeout)
+        self._gapless_ready([channel], _timeouts.deadline(timeout), raise_failure=False)
         return handler
 
     def unsubscribe(self, channel: str, handler: Handler, timeout: float | None = None) -> None:
@@ -520,6 +524,22 @@ class Dispatcher:
         return self._sequencer.position(channel)
 
     # ------------------------------------------------------------ callers' threads, private
+
+    def _gapless_ready(
+        self, channels: Iterable[str], deadline: float | None, *, raise_failure: bool
+    ) -> None:
+        """Wait for the first read of gap-free ``channels`` (see ``Sequencer.wait_known``), so
+        that a notification committed after start/listen/subscribe returns is delivered.
+        In ``start()`` a failed read stops the dispatcher and is raised."""
+        sequencer = self._sequencer
+        if sequencer is None or self._control.on_loop_thread() or not self.running:
+            return
+        try:
+            sequencer.wait_known(channels, deadline, raise_failure=raise_failure)
+        except BaseException:
+            if raise_failure:
+                self.stop()
+            raise
 
     def _notify_command(self, channel: str, payload: str) -> Command:
         """The command for ``notify(channel, payload)``: through the log if gap-free."""

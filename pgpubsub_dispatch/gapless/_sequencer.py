@@ -32,16 +32,19 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg2
 
-from .. import signals
+from .. import _timeouts, signals
 from .._commands import Statement
-from .._control import Control
+from .._control import Control, State
 from .._delivery import send_signal
 from .._routing import Routes
+from ..errors import DispatcherStopped
 from ._commands import CatchUp, Report
 from ._config import Config, GaplessNotification
 from ._sql import (
@@ -71,6 +74,7 @@ class _Channel:
     """One gap-free channel's reading state (dispatcher thread)."""
 
     __slots__ = (
+        "failure",
         "failures",
         "last",
         "listened",
@@ -92,6 +96,7 @@ class _Channel:
         self.token = 0  # identifies the current read; older ones are obsolete
         self.more = False  # the last read stopped at its size limit
         self.failures = 0
+        self.failure: BaseException | None = None  # the last read's error, until one succeeds
         self.retry_at = 0.0
         self.reported: int | None = None
         self.warned = False
@@ -129,6 +134,8 @@ class Sequencer:
         self._catch_up_sql = catch_up_statement(config.schema)
         self._report_sql = report_statement(config.schema)
         self._hold = config.window
+        self._known = threading.Condition()
+        """Notified when a read sets a channel's first position, or fails."""
         self.skipped = 0
         """Live notifications dropped because a read had delivered them already."""
         self.gaps = 0
@@ -145,6 +152,38 @@ class Sequencer:
         if state is None:
             raise ValueError(f"{channel!r} is not a gap-free channel of this dispatcher")
         return state.last
+
+    def wait_known(
+        self, channels: Iterable[str], deadline: float | None, *, raise_failure: bool
+    ) -> None:
+        """Wait until each gap-free one of ``channels`` has a position (its first read is
+        back), so that whatever commits afterwards is delivered. Callers' threads only.
+
+        :param raise_failure: raise a read's error instead of returning.
+        :raises psycopg2.Error: a failed read's error, with ``raise_failure``.
+        :raises TimeoutError: if ``deadline`` passes first.
+        :raises DispatcherStopped: if the dispatcher stops meanwhile.
+        """
+        states = [self._channels[c] for c in channels if c in self._channels]
+        with self._known:
+            while True:
+                waiting = [state for state in states if state.last is None]
+                if not waiting:
+                    return
+                failed = next((s.failure for s in waiting if s.failure is not None), None)
+                if failed is not None:
+                    if raise_failure:
+                        raise failed
+                    return
+                if self._control.state is not State.RUNNING:
+                    raise DispatcherStopped("the dispatcher stopped before its first read")
+                remaining = _timeouts.remaining(deadline)
+                if remaining == 0.0:
+                    raise TimeoutError(
+                        f"the first read of gap-free channel {waiting[0].name!r} did not "
+                        "complete in time"
+                    )
+                self._known.wait(0.1 if remaining is None else min(remaining, 0.1))
 
     # ---------------------------------------------------------------- delivery's side
 
@@ -241,6 +280,7 @@ class Sequencer:
         counter, after, _registered, positions, payloads, pids = row
         state.reading = False
         state.failures = 0
+        state.failure = None
         state.reported = after
         if state.last is not None and counter < state.last:
             log.warning(
@@ -255,7 +295,9 @@ class Sequencer:
             state.more = False
             return
         if state.last is None:
-            state.last = after
+            with self._known:
+                state.last = after
+                self._known.notify_all()
         first = positions[0] if positions else counter + 1
         if first > state.last + 1:
             self._gap(state, range(state.last + 1, first))
@@ -273,6 +315,9 @@ class Sequencer:
             return
         state = self._channels[command.channel]
         state.reading = False
+        with self._known:
+            state.failure = error
+            self._known.notify_all()
         state.failures += 1
         delay = min(_RETRY_MAX_SECONDS, 0.5 * 2 ** min(state.failures, 10))
         state.retry_at = time.monotonic() + delay
