@@ -20,7 +20,6 @@ are kept, built on the dispatcher.
 
 from __future__ import annotations
 
-from . import gapless
 from ._names import MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES
 from .compat import PubSub, connect
 from .dispatcher import Dispatcher, DispatcherStats
@@ -69,7 +68,6 @@ __all__ = [
     "drop_table_notify_trigger",
     "drop_tables_notify_func",
     "gap",
-    "gapless",
     "handler_error",
     "notify",
     "reconnected",
