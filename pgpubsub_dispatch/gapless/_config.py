@@ -95,6 +95,8 @@ class Config:
     :param reader: this dispatcher's name in ``pgpubsub_readers`` (what pruning consults).
         Default: ``host:pid:random``, new for every ``Dispatcher``. Give a stable name to a
         consumer that resumes from a persisted position, so its rows are kept while it is away.
+        A name belongs to one running dispatcher at a time (two would overwrite each other's
+        position, and pruning would protect only the one written last).
     :param window: seconds; the rows this reader has not delivered are kept at most this long
         (older ones may be pruned: the reader is then told with the ``gap`` signal), and its
         registration lapses once it has not been seen for this long. ``None``: no limit (its
