@@ -36,7 +36,7 @@ from .errors import (
     WouldDeadlock,
 )
 from .notification import DecodedNotification, Notification
-from .signals import connected, deaf, disconnected, handler_error, hearing, reconnected
+from .signals import connected, deaf, disconnected, gap, handler_error, hearing, reconnected
 from .streams import NotificationStream
 from .transactional import notify
 from .triggers import (
@@ -73,6 +73,7 @@ __all__ = [
     "disconnected",
     "drop_table_notify_trigger",
     "drop_tables_notify_func",
+    "gap",
     "handler_error",
     "hearing",
     "notify",

@@ -15,7 +15,7 @@ import collections
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Protocol
 
 import blinker
 
@@ -25,9 +25,22 @@ from ._executor import ChannelWork
 from ._routing import Handler, Routes
 from ._stats import Counters
 
-__all__ = ["Delivery", "send_signal"]
+__all__ = ["Delivery", "Sequencing", "send_signal"]
 
 log = logging.getLogger("pgpubsub_dispatch")
+
+
+class Sequencing(Protocol):
+    """What orders gap-free channels' notifications (``gapless._sequencer.Sequencer``)."""
+
+    def ready(self, pending: collections.deque[Any]) -> collections.deque[Any]:
+        """Take out of ``pending`` what may be delivered now, in order."""
+
+    def give_back(self, ready: collections.deque[Any], pending: collections.deque[Any]) -> None:
+        """Put back into ``pending`` what delivery did not hand over."""
+
+    def session_started(self) -> None:
+        """A new session LISTENs."""
 
 
 class Delivery:
@@ -65,6 +78,8 @@ class Delivery:
         )
         self._running = False  # run() is never re-entered (a handler's in-place call)
         routes.call_one = self.call_one
+        self.sequencer: Sequencing | None = None
+        """Set for a dispatcher with gap-free channels; ``None`` costs plain channels nothing."""
 
     @property
     def backpressure(self) -> bool:
@@ -100,15 +115,25 @@ class Delivery:
             return
         self._running = True
         try:
+            sequencer, pending = self.sequencer, self.pending
+            if sequencer is not None:
+                pending = sequencer.ready(pending)
             if self.work is None:
-                self._run_inline(control)
+                self._run_inline(control, pending)
             else:
-                self._hand_off(self.work, control)
+                self._hand_off(self.work, control, pending)
+            if sequencer is not None:
+                sequencer.give_back(pending, self.pending)
         finally:
             self._running = False
 
-    def _run_inline(self, control: Control) -> None:
-        routes, pending, call_all = self._routes, self.pending, self.call_all
+    def new_session(self) -> None:
+        """A new session LISTENs (dispatcher thread): gap-free channels are read again."""
+        if self.sequencer is not None:
+            self.sequencer.session_started()
+
+    def _run_inline(self, control: Control, pending: collections.deque[Any]) -> None:
+        routes, call_all = self._routes, self.call_all
         popleft = pending.popleft
         dispatched = dropped = 0
         channel: str | None = None
@@ -130,8 +155,10 @@ class Delivery:
             if dropped:
                 self._counters.count_dropped(dropped)
 
-    def _hand_off(self, work: ChannelWork, control: Control) -> None:
-        routes, pending = self._routes, self.pending
+    def _hand_off(
+        self, work: ChannelWork, control: Control, pending: collections.deque[Any]
+    ) -> None:
+        routes = self._routes
         dispatched = dropped = 0
         try:
             while pending and not control.stop_requested and control.lost is None:

@@ -214,6 +214,7 @@ class Loop:
         self._unlisten_owed.clear()
         self._resync_due = False
         self._stalled_since = None
+        self.delivery.new_session()
         self._control.backend_pid = session.backend_pid
         self._counters.pooler = pooler = session.backend_pid != session.libpq_pid
         self._schedule_heartbeat()

@@ -42,12 +42,15 @@ from ._commands import (
 )
 from ._control import Control, State
 from ._loop import Loop
-from ._names import DatabaseEncoding, check_channel
+from ._names import check_channel
 from ._options import Options
 from ._routing import Handler, Routes
 from ._stats import Counters, DispatcherStats
 from ._waiting import Waker
 from .errors import DispatcherStopped, NotConnected
+from .gapless._commands import GaplessNotify, batched
+from .gapless._config import Config, config_from
+from .gapless._sequencer import Sequencer
 from .notification import DecodedNotification, Notification
 from .streams import NotificationStream
 
@@ -110,6 +113,11 @@ class Dispatcher:
     :param queue_warning: the fraction of the server's notification queue in use
         (``pg_notification_queue_usage()``, checked by each heartbeat) above which a warning
         is logged (default 0.5).
+    :param gapless: gap-free channels (see :mod:`pgpubsub_dispatch.gapless`): a list of channel
+        names, or a :class:`gapless.Config <pgpubsub_dispatch.gapless.Config>` (start
+        positions, schema, reader name, retention window). On them ``notify`` writes through
+        the log, and handlers get each notification exactly once, in commit order, across
+        reconnections. ``None`` (default): none, at no cost to plain channels.
     :param connect_kwargs: libpq parameters (``host``, ``dbname``, ``user``, ``connect_timeout``,
         ...) as for :func:`psycopg2.connect`. ``connect_timeout`` (default 10) bounds each
         connection attempt.
@@ -132,6 +140,7 @@ class Dispatcher:
         executor: Executor | None = None,
         max_pending: int = 10_000,
         queue_warning: float = 0.5,
+        gapless: Iterable[str] | Config | None = None,
         **connect_kwargs: Any,
     ) -> None:
         self._options = Options.build(
@@ -156,6 +165,15 @@ class Dispatcher:
             self, self._options, self._control, self._routes, self._counters, self._close_streams
         )
         self._streams: set[NotificationStream] = set()
+        self._gapless = config_from(gapless)
+        self._sequencer = (
+            None
+            if self._gapless is None
+            else Sequencer(
+                self, self._gapless, self._control, self._routes, self._loop.delivery.pending
+            )
+        )
+        self._loop.delivery.sequencer = self._sequencer
         _fork.track(self)
 
     # ------------------------------------------------------------------ public, any thread
@@ -235,7 +253,8 @@ class Dispatcher:
         :raises DispatcherStopped: in a child process that inherited it through ``fork()``
             with an ``executor``, or if ``stop()`` is called while starting.
         :raises psycopg2.OperationalError: if the connection attempt fails (then no thread is
-            left running); any ``psycopg2.Error`` if a LISTEN fails.
+            left running); any ``psycopg2.Error`` if a LISTEN fails, or the first read of a
+            gap-free channel (e.g. its log is not installed: then it is stopped again).
         :raises DeafSession: if a notification sent from another session does not arrive (a
             pooler in transaction mode: LISTEN needs session pooling); nothing is left running.
         :raises InvalidChannelName: if a recorded channel cannot be represented in the
@@ -286,6 +305,7 @@ class Dispatcher:
                     if control.state is State.IDLE:
                         control.state = State.INHERITED
             raise
+        self._gapless_ready(self.channels, deadline, raise_failure=True)
 
     def stop(self, timeout: float | None = None) -> None:
         """UNLISTEN, close the connection and end the thread; return when it has ended.
@@ -327,6 +347,7 @@ class Dispatcher:
         :raises DispatcherStopped: if the dispatcher stops before serving the call.
         """
         self._submit(Listen(channel), timeout)
+        self._gapless_ready([channel], _timeouts.deadline(timeout), raise_failure=False)
 
     def unlisten(self, channel: str, timeout: float | None = None) -> None:
         """UNLISTEN ``channel``; a channel not listened to is a no-op.
@@ -344,8 +365,14 @@ class Dispatcher:
         """
         self._submit(Unlisten(channel), timeout)
 
-    def notify(self, channel: str, payload: str = "", timeout: float | None = None) -> None:
+    def notify(self, channel: str, payload: str = "", timeout: float | None = None) -> int | None:
         """Send a notification and return once it has committed.
+
+        On a gap-free channel it runs ``pgpubsub_notify(channel, payload)`` instead (a row of
+        the log and its NOTIFY, in one transaction), takes payloads up to 16 MiB, and returns
+        the notification's position; its handlers here have run when this returns unless a
+        read of the log was needed first (a payload too big for the NOTIFY, or a catch-up in
+        progress): then they run right after.
 
         Runs ``SELECT pg_notify(channel, payload)`` on the dispatcher's connection in a
         transaction of its own, so two identical calls deliver two notifications (the server
@@ -370,8 +397,12 @@ class Dispatcher:
         :raises psycopg2.Error: what the server raised (e.g. ``too many notifications in the
             NOTIFY queue``, SQLSTATE 54000); the dispatcher keeps running.
         :raises TimeoutError: if ``timeout`` passes first (it may still be sent).
+        :returns: the position on a gap-free channel (``int``), else ``None``.
         """
-        self._submit(Notify(channel, payload, self._routes.database_encoding), timeout)
+        command = self._notify_command(channel, payload)
+        self._submit(command, timeout)
+        position: int | None = command.future.result(0)
+        return position
 
     def notify_many(
         self, notifications: Iterable[tuple[str, str]], timeout: float | None = None
@@ -389,12 +420,12 @@ class Dispatcher:
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`, for the first pair that failed (others may have been sent).
         """
-        encoding = self._routes.database_encoding
-        commands = [_notify_item(i, item, encoding) for i, item in enumerate(notifications)]
+        make = self._notify_command
+        commands = [_notify_item(index, item, make) for index, item in enumerate(notifications)]
         if commands:
-            self._submit_all(commands, timeout)
+            self._submit_all(batched(commands) if self._gapless else commands, timeout)
 
-    def notify_json(self, channel: str, obj: Any, timeout: float | None = None) -> None:
+    def notify_json(self, channel: str, obj: Any, timeout: float | None = None) -> int | None:
         """Send ``obj`` encoded as compact JSON (see :meth:`notify`).
 
         Encoded with :func:`json.dumps` (``separators=(",", ":")``, ``ensure_ascii=False``,
@@ -411,7 +442,7 @@ class Dispatcher:
             :meth:`notify`.
         """
         payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        self.notify(channel, payload, timeout)
+        return self.notify(channel, payload, timeout)
 
     def stream(
         self, *channels: str, maxsize: int = 1000, overflow: str = "drop_oldest"
@@ -528,6 +559,7 @@ class Dispatcher:
             on_drop=self._counters.count_handler_dropped,
         )
         self._submit(Subscribe(channel, adapted), timeout)
+        self._gapless_ready([channel], _timeouts.deadline(timeout), raise_failure=False)
         return handler
 
     def unsubscribe(self, channel: str, handler: Handler, timeout: float | None = None) -> None:
@@ -604,7 +636,44 @@ class Dispatcher:
         check_channel(channel)
         return self._routes.signal(channel)
 
+    def position(self, channel: str) -> int | None:
+        """The last position of gap-free ``channel`` handed to its handlers; any thread.
+
+        Positions count 1, 2, 3, ... per channel in commit order. ``None`` until the
+        dispatcher has first read the channel (with no ``since`` position given).
+
+        :param channel: one of the dispatcher's gap-free channels.
+        :returns: an ``int``, or ``None``.
+        :raises ValueError: if ``channel`` is not one of them.
+        """
+        if self._sequencer is None:
+            raise ValueError(f"{channel!r} is not a gap-free channel of this dispatcher")
+        return self._sequencer.position(channel)
+
     # ------------------------------------------------------------ callers' threads, private
+
+    def _gapless_ready(
+        self, channels: Iterable[str], deadline: float | None, *, raise_failure: bool
+    ) -> None:
+        """Wait for the first read of gap-free ``channels`` (see ``Sequencer.wait_known``), so
+        that a notification committed after start/listen/subscribe returns is delivered.
+        In ``start()`` a failed read stops the dispatcher and is raised."""
+        sequencer = self._sequencer
+        if sequencer is None or self._control.on_loop_thread() or not self.running:
+            return
+        try:
+            sequencer.wait_known(channels, deadline, raise_failure=raise_failure)
+        except BaseException:
+            if raise_failure:
+                self.stop()
+            raise
+
+    def _notify_command(self, channel: str, payload: str) -> Command:
+        """The command for ``notify(channel, payload)``: through the log if gap-free."""
+        config = self._gapless
+        if config is not None and isinstance(channel, str) and channel in config.channels:
+            return GaplessNotify(channel, payload, config.schema)
+        return Notify(channel, payload, self._routes.database_encoding)
 
     def _join_stopping_thread(self, deadline: float | None) -> None:
         """Let a thread that is stopping (say, stop() from a handler) end before a restart."""
@@ -754,11 +823,11 @@ class Dispatcher:
                 self._routes.unsubscribe(channel, stream._put)
 
 
-def _notify_item(index: int, item: Any, encoding: DatabaseEncoding | None) -> Notify:
+def _notify_item(index: int, item: Any, make: Callable[[str, str], Command]) -> Command:
     """The ``index``-th item of ``notify_many``, checked; errors name its index."""
     if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
         raise TypeError(f"notify_many() takes (channel, payload) pairs; item {index} is {item!r}")
     try:
-        return Notify(item[0], item[1], encoding)
+        return make(item[0], item[1])
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"notify_many() item {index}: {exc}") from None

@@ -19,13 +19,24 @@ and never stops the dispatcher. Connect for one dispatcher only with
   notifications from other sessions arrive; ``stats().deaf`` is ``False`` again.
 - ``handler_error(sender, handler, notification, error)``: a handler raised ``error`` (any
   ``BaseException``) while handling ``notification``; the other handlers still received it.
+- ``gap(sender, channel: str, missing: range)``: on a gap-free channel, the positions in
+  ``missing`` were pruned before this dispatcher delivered them (its retention window let them
+  go); sent before the notifications after them are delivered.
 """
 
 from __future__ import annotations
 
 from blinker import Namespace
 
-__all__ = ["connected", "deaf", "disconnected", "handler_error", "hearing", "reconnected"]
+__all__ = [
+    "connected",
+    "deaf",
+    "disconnected",
+    "gap",
+    "handler_error",
+    "hearing",
+    "reconnected",
+]
 
 _signals = Namespace()
 
@@ -39,3 +50,4 @@ hearing = _signals.signal("hearing", doc="hearing(sender, backend_pid: int)")
 handler_error = _signals.signal(
     "handler_error", doc="handler_error(sender, handler, notification, error: BaseException)"
 )
+gap = _signals.signal("gap", doc="gap(sender, channel: str, missing: range)")

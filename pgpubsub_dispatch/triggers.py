@@ -89,6 +89,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from ._names import MAX_IDENTIFIER_BYTES, check_channel, check_identifier, read_identifier
+from .gapless._config import DEFAULT_SCHEMA
 
 __all__ = [
     "NOTIFY_FUNC_NAME",
@@ -132,6 +133,12 @@ BEGIN
 
     SELECT row_to_json(full_row)::text INTO payload
       FROM (SELECT changed.*, TG_OP AS tg_op) AS full_row;
+
+    IF TG_NARGS > 1 THEN
+        -- A gap-free channel: the row travels through the log, whatever its size.
+        EXECUTE format('SELECT %I.pgpubsub_notify($1, $2)', TG_ARGV[1]) USING channel, payload;
+        RETURN NULL;
+    END IF;
 
     IF octet_length(payload) >= 8000 THEN
         row_json := row_to_json(changed);
@@ -235,6 +242,8 @@ def create_table_notify_trigger(
     *,
     schema: str | None = None,
     channel: str | None = None,
+    gapless: bool = False,
+    gapless_schema: str = DEFAULT_SCHEMA,
 ) -> psycopg2.extensions.cursor:
     """Make every INSERT, UPDATE and DELETE on a table send a notification, then commit.
 
@@ -257,6 +266,11 @@ def create_table_notify_trigger(
         (the default) means the table's name as read (``orderlines`` above), the channel the
         ancestor used. It is stored in the trigger, so later renaming the table does not change
         it.
+    :param gapless: send through ``gapless_schema.pgpubsub_notify()`` (a gap-free channel, see
+        :mod:`pgpubsub_dispatch.gapless`, installed beforehand): the whole row is sent however
+        big (no ``"truncated"`` stand-in), in the writing transaction. Run
+        :func:`create_tables_notify_func` again after upgrading from a version without it.
+    :param gapless_schema: the schema of the gap-free log (default ``"pgpubsub"``).
     :returns: the cursor it ran the statements on, still open (as the ancestor returned it).
     :raises TypeError: if ``tablename`` or ``schema`` is not a ``str`` (nothing is sent).
     :raises ValueError: if ``tablename`` or ``schema`` is not one SQL identifier
@@ -281,19 +295,22 @@ def create_table_notify_trigger(
     """
     name, table = _table_identifier(tablename, schema)
     chosen = check_channel(name if channel is None else channel)
+    arguments: list[sql.Composable] = [sql.Literal(chosen)]
+    if gapless:
+        arguments.append(sql.Literal(check_identifier(gapless_schema, "schema name")))
     trigger = sql.Identifier(trigger_name(name))
     # EXECUTE PROCEDURE is the spelling servers before 11 understand; newer ones accept both.
     execute = "EXECUTE FUNCTION" if conn.server_version >= 110000 else "EXECUTE PROCEDURE"
     statement = sql.SQL(
         "DROP TRIGGER IF EXISTS {trigger} ON {table}; "
         "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {table} "
-        "FOR EACH ROW {execute} {function}({channel})"
+        "FOR EACH ROW {execute} {function}({arguments})"
     ).format(
         trigger=trigger,
         table=table,
         execute=sql.SQL(execute),
         function=sql.Identifier(NOTIFY_FUNC_NAME),
-        channel=sql.Literal(chosen),
+        arguments=sql.SQL(", ").join(arguments),
     )
     return _execute_and_commit(conn, statement)
 

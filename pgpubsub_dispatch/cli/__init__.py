@@ -4,6 +4,7 @@ Also runnable as ``python -m pgpubsub_dispatch``::
 
     pgpubsub-dispatch [--dsn DSN] [-v] listen CHANNEL... [--count N] [--timeout S] [--json|--pretty]
     pgpubsub-dispatch [--dsn DSN] [-v] notify CHANNEL [PAYLOAD | -]
+    pgpubsub-dispatch [--dsn DSN] [-v] install [--schema NAME]
 
 The global options ``--dsn`` and ``-v``/``-vv`` go before the command or after it.
 
@@ -44,6 +45,10 @@ all delivered. A line that is not valid UTF-8, holds NUL or is 8000 bytes or mor
 command with exit 2 and its line number; the lines before it have been sent, none after it. To
 send a literal ``-``, pipe it in.
 
+``install [--schema NAME]`` creates (or updates) the log of gap-free channels
+(:func:`pgpubsub_dispatch.gapless.install`) in schema ``NAME`` (default ``pgpubsub``), and says
+so on standard error.
+
 Channel names are exact and case-sensitive (they are always quoted), at most 63 bytes in UTF-8.
 A name starting with ``-`` goes after ``--``: ``pgpubsub-dispatch listen -- -odd``.
 
@@ -67,8 +72,8 @@ Exit codes:
   could confirm that every notification was sent.
 
 The package's modules, each run on the main thread unless it says otherwise: ``_main``
-(argparse, exit codes), ``_listen`` and ``_notify`` (the commands), ``_running`` (starting and
-stopping a command's dispatcher, signals), ``_dsn`` (which DSN, its password masked),
+(argparse, exit codes), ``_listen``, ``_notify`` and ``_install`` (the commands), ``_running``
+(starting and stopping a command's dispatcher, signals), ``_dsn`` (which DSN, its password masked),
 ``_output`` (JSON and readable lines, terminal escaping), ``_common`` (messages, errors).
 """
 

@@ -25,6 +25,7 @@ from ._common import (
     report,
 )
 from ._dsn import check_dsn, library_logging, resolve_dsn
+from ._install import install
 from ._listen import listen
 from ._notify import notify
 from ._output import default_output
@@ -79,6 +80,8 @@ def _run(args: argparse.Namespace, dsn: str, source: str) -> int:
                 timeout=args.timeout,
                 output=args.output or default_output(),
             )
+        if args.command == "install":
+            return install(dsn, source, args.schema)
         return notify(dsn, source, args.channel, args.payload)
     except KeyboardInterrupt as exc:
         return interrupted_exit(args.command, exc)
@@ -110,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ``--dsn`` and ``-v`` are accepted before the command and after it (after wins for
     ``--dsn``; every ``-v`` counts).
 
-    :returns: a parser whose namespace has ``command`` (``"listen"`` or ``"notify"``), ``dsn``
+    :returns: a parser whose namespace has ``command`` (``"listen"``, ``"notify"`` or
+        ``"install"``, which has ``schema``), ``dsn``
         (``str`` or ``None``), ``verbose`` (``int``), and either ``channels``, ``count``,
         ``timeout``, ``output`` (listen; ``output`` is ``"json"``, ``"pretty"``, or ``None``
         to choose by whether standard output is a terminal) or ``channel``, ``payload``
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_listen(commands, common)
     _add_notify(commands, common)
+    _add_install(commands, common)
     return parser
 
 
@@ -236,6 +241,28 @@ def _add_notify(commands: Any, common: argparse.ArgumentParser) -> None:
             "payload text (default: empty); '-' sends each line of standard input (UTF-8, "
             "without its line ending) as a notification of its own"
         ),
+    )
+
+
+def _add_install(commands: Any, common: argparse.ArgumentParser) -> None:
+    install = commands.add_parser(
+        "install",
+        parents=[common],
+        help="create (or update) the gap-free channels' log: tables and functions",
+        description=(
+            "Create, if missing, the schema, the tables pgpubsub_channels, pgpubsub_log and "
+            "pgpubsub_readers, and (re)create the functions pgpubsub_notify(channel, payload) "
+            "and pgpubsub_prune(older_than, keep_last), in one transaction. Idempotent: run "
+            "it again after upgrading. EXECUTE on the functions is revoked from PUBLIC; grant "
+            "it to the roles that send."
+        ),
+        epilog=f"exit codes: {EXIT_OK} installed; {EXIT_ERROR} error.",
+    )
+    install.add_argument(
+        "--schema",
+        default="pgpubsub",
+        metavar="NAME",
+        help="the schema's exact name (default: pgpubsub)",
     )
 
 

@@ -569,7 +569,8 @@ class PrivateServer:
                 )
             with contextlib.suppress(OSError):
                 lines = [line.strip() for line in pid_file.read_text().splitlines()]
-                if lines[0:1] == [str(proc.pid)] and lines[7:8] == ["ready"]:
+                # "standby": a hot standby accepting read-only connections (replication.py).
+                if lines[0:1] == [str(proc.pid)] and lines[7:8] in (["ready"], ["standby"]):
                     return
             if time.monotonic() >= deadline:
                 self._hard_kill()
