@@ -91,9 +91,11 @@ class Delivery:
         """Whether notifications wait for the executor to make room (dispatcher thread).
 
         While stalled, the dispatcher reads nothing more from the server: what is read stays
-        bounded by ``max_pending`` plus one read of the socket (see ``_loop``).
+        bounded by ``max_pending`` plus one read of the socket (see ``_loop``). Notifications
+        held back for another reason (a gap-free channel waiting for its log read, which must
+        run on the session) do not stall it.
         """
-        return self.work is not None and bool(self.pending)
+        return self.work is not None and self.work.backpressure and bool(self.pending)
 
     def in_executor_task(self) -> bool:
         """Whether the calling thread is running handlers for this dispatcher's executor."""

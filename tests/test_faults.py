@@ -277,23 +277,36 @@ def test_failover_past_a_host_that_never_answers(stopped_after: Any) -> None:
         assert_delivered(server.dsn, channel, "via the second host", got)
 
 
-def _keepalive_timer_seconds(bus: Dispatcher, sender: Any) -> float | None:
+def _keepalive_timer_seconds(bus: Dispatcher, sender: Any, patience: float = 2.0) -> float | None:
     """Seconds left on the keepalive timer of the dispatcher's TCP socket (``None``: off).
 
     The server tells the client's port of the session; the kernel's /proc/net/tcp tells the
-    timer of the socket with that local port (timer 2 is the keepalive timer).
+    timer of the socket with that local port (timer 2 is the keepalive timer). Right after
+    traffic (the dispatcher's probe, say) the socket may show another timer for a moment, so
+    it is read again for up to ``patience`` seconds before concluding there is none.
     """
     with sender.cursor() as cur:
         cur.execute("SELECT client_port FROM pg_stat_activity WHERE pid = %s", (bus.backend_pid,))
         (port,) = cur.fetchone()
     assert port is not None and port > 0, "these tests need a TCP server"
+    deadline = time.monotonic() + patience
+    while True:
+        timer, when = _socket_timer(port)
+        if timer == "02":
+            return int(when, 16) / os.sysconf("SC_CLK_TCK")
+        if time.monotonic() >= deadline:
+            return None
+        threading.Event().wait(0.05)  # a bounded poll of the kernel's table
+
+
+def _socket_timer(port: int) -> tuple[str, str]:
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(path) as table:
             for line in list(table)[1:]:
                 fields = line.split()
                 if int(fields[1].rsplit(":", 1)[1], 16) == port:
                     timer, when = fields[5].split(":")
-                    return int(when, 16) / os.sysconf("SC_CLK_TCK") if timer == "02" else None
+                    return timer, when
     raise AssertionError(f"no socket with local port {port}")
 
 
