@@ -9,7 +9,7 @@ __all__ = ["RECEIVE_WORKLOADS", "WORKLOADS", "Settings", "settings_for"]
 RECEIVE_WORKLOADS = ("throughput", "backlog", "latency", "busy-throughput", "busy-latency")
 """Workloads that compare every receiver (the bare psycopg2 loop is the baseline)."""
 
-WORKLOADS = (*RECEIVE_WORKLOADS, "notify", "memory", "idle")
+WORKLOADS = (*RECEIVE_WORKLOADS, "notify", "executor", "memory", "idle")
 """Every workload, in the order they run; names accepted by ``--only``."""
 
 
@@ -34,6 +34,10 @@ class Settings:
             receiver that has not finished by then is rated on what it received.
         notify_seconds: duration of each ``notify()`` measurement.
         notify_threads: thread counts for ``Dispatcher.notify()``.
+        executor_count: notifications handled in each executor measurement.
+        executor_workers: the executor's threads (and the channels the notifications take
+            turns on).
+        executor_handler_seconds: what each handler sleeps (``time.sleep``: the GIL is free).
         memory_count: notifications received in each memory measurement.
         memory_warmup: notifications received before the memory baseline is taken.
         backpressure_count: notifications committed while executor handlers are blocked, in
@@ -57,6 +61,9 @@ class Settings:
     busy_cap_seconds: float = 8.0
     notify_seconds: float = 2.0
     notify_threads: tuple[int, ...] = (1, 8, 32)
+    executor_count: int = 20_000
+    executor_workers: int = 4
+    executor_handler_seconds: float = 0.0001
     memory_count: int = 1_000_000
     memory_warmup: int = 20_000
     backpressure_count: int = 300_000
@@ -84,6 +91,7 @@ def settings_for(quick: bool, runs: int | None = None, senders: int | None = Non
             latency_blocks=2,
             busy_cap_seconds=2.0,
             notify_seconds=0.5,
+            executor_count=2_000,
             memory_count=100_000,
             memory_warmup=5_000,
             backpressure_count=30_000,

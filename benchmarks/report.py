@@ -61,6 +61,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("busy-throughput", "rate", "busy throughput", "notif/s", BASELINE),
     *_latency("busy-latency", "busy latency"),
     Metric("notify", "rate", "notify", "calls/s", NOTIFY_BASELINE),
+    Metric("executor", "rate", "executor", "notif/s", "ideal"),
     Metric("memory", "growth_mb", "memory growth", "MB", None),
     Metric("idle", "cpu_percent", "idle CPU", "% core", None),
 )
@@ -72,6 +73,11 @@ def labels(settings: Settings) -> dict[str, dict[str, str]]:
     receivers = {cls.key: cls.label for cls in RECEIVERS}
     found: dict[str, dict[str, str]] = {m.workload: receivers for m in METRICS}
     found["notify"] = notify_labels(settings.notify_threads)
+    workers = settings.executor_workers
+    found["executor"] = {
+        "ideal": f"ideal: {workers} workers always busy",
+        "dispatcher": f"Dispatcher, {workers} workers",
+    }
     found["memory"] = dict(MEMORY_LABELS)
     found["idle"] = {"dispatcher": "Dispatcher (default heartbeat)"}
     return found

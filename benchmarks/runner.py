@@ -15,13 +15,14 @@ from .receivers import RECEIVERS, Receiver
 from .report import errors_in, machine_facts, summarise
 from .resources import idle, memory
 from .senders import SenderPool
-from .workloads import RECEIVE_RUNNERS, Context, Figures
+from .workloads import RECEIVE_RUNNERS, Context, Figures, executor
 
 __all__ = ["ONCE_PER_INVOCATION", "run_benchmarks"]
 
 RUNNERS: dict[str, Callable[[Context], dict[str, Figures]]] = {
     **RECEIVE_RUNNERS,
     "notify": notify,
+    "executor": executor,
     "memory": memory,
     "idle": idle,
 }

@@ -157,9 +157,12 @@ class SenderPool:
         per_transaction: int = 100,
         transactions_per_trip: int = 10,
         processes: int | None = None,
+        channels: int = 1,
     ) -> _Job:
         """Start sending ``count`` notifications on ``channel``, split between the processes.
 
+        :param channels: with more than one, notification ``g`` goes to channel
+            ``f"{channel}_{g % channels}"`` instead: the channels take turns.
         :returns: a job whose ``wait(timeout)`` gives the :class:`SendResult`.
         """
         pipes = self._pipes[: processes or len(self._pipes)]
@@ -175,6 +178,7 @@ class SenderPool:
                     per_transaction,
                     transactions_per_trip,
                     self.payload_bytes,
+                    channels,
                 )
             )
             self._next += mine
@@ -244,10 +248,14 @@ def _send_batched(
     per_transaction: int,
     transactions_per_trip: int,
     payload_bytes: int,
+    channels: int = 1,
 ) -> tuple[int, int, int, None]:
     """Commit ``count`` notifications, ``per_transaction`` per transaction, payload numbers
-    ``first``, ``first + 1``, ... left-padded with ``x`` to ``payload_bytes`` characters."""
+    ``first``, ``first + 1``, ... left-padded with ``x`` to ``payload_bytes`` characters
+    (number ``g`` on channel ``f"{channel}_{g % channels}"`` when ``channels`` > 1)."""
     quoted = cur.mogrify("%s", (channel,)).decode()
+    if channels > 1:
+        quoted = f"{cur.mogrify('%s', (channel + '_',)).decode()} || (g % {int(channels)})"
     statements = []
     number, end = first, first + count
     while number < end:

@@ -24,10 +24,20 @@ processes of :mod:`.senders`.
 - *busy-*: the same with one CPU-bound pure-Python thread running in the receiving process.
   A busy throughput measurement that has not finished after ``busy_cap_seconds`` is rated on
   what was received by then (``capped`` in the JSON).
+- *executor* (our ``Dispatcher`` only): ``executor=ThreadPoolExecutor(executor_workers)``, one
+  handler on as many channels, each call sleeping ``executor_handler_seconds`` (the GIL is
+  free meanwhile, as in a handler doing I/O); one sender process commits ``executor_count``
+  notifications, the channels taking turns. Rate = notifications / time from the first
+  handler call's start to the last one's end. The *ideal* rate, of workers always busy, is
+  ``workers / the handlers' mean measured duration`` (a 0.1 ms sleep lasts longer on a busy
+  machine). ``ordered`` says whether every channel's notifications were handled in the order
+  sent.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -341,6 +351,95 @@ def latency(ctx: Context, busy: bool = False) -> dict[str, Figures]:
             "p50 {p50:,.0f} p90 {p90:,.0f} p99 {p99:,.0f} max {max:,.0f} µs",
         )
     return results
+
+
+# --------------------------------------------------------------------------------- executor
+
+
+class _ExecutorSink:
+    """The executor workload's handler: sleeps, times itself, checks each channel's order."""
+
+    def __init__(self, target: int, sleep_seconds: float) -> None:
+        self.target = target
+        self.sleep_seconds = sleep_seconds
+        self.durations: collections.deque[float] = collections.deque()  # thread-safe appends
+        self.last: dict[str, int] = {}  # channel -> last number seen (one task per channel)
+        self.out_of_order = 0
+        self.first_start = 0.0
+        self.last_end = 0.0
+        self.event = threading.Event()
+
+    def __call__(self, notification: Any) -> None:
+        started = time.perf_counter()
+        time.sleep(self.sleep_seconds)
+        ended = time.perf_counter()
+        number = int(notification.payload.lstrip("x"))
+        if number <= self.last.get(notification.channel, -1):
+            self.out_of_order += 1
+        self.last[notification.channel] = number
+        if not self.durations:
+            self.first_start = started
+        self.durations.append(ended - started)
+        if len(self.durations) >= self.target:
+            self.last_end = ended
+            self.event.set()
+
+
+def _executor_once(ctx: Context) -> Figures:
+    from pgpubsub_dispatch import Dispatcher
+
+    s = ctx.settings
+    workers, count = s.executor_workers, s.executor_count
+    sink = _ExecutorSink(count, s.executor_handler_seconds)
+    channel = ctx.channel("executor")
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        bus = Dispatcher(ctx.dsn, executor=pool)
+        for index in range(workers):
+            bus.subscribe(f"{channel}_{index}", sink)
+        bus.start()
+        try:
+            cpu = time.process_time()
+            job = ctx.pool.batched(  # one process, so numbers are committed in order
+                channel, count, s.per_transaction, s.transactions_per_trip, 1, channels=workers
+            )
+            finished = sink.event.wait(s.wait_seconds)
+            cpu = time.process_time() - cpu
+            job.wait(s.wait_seconds)
+        finally:
+            bus.stop(timeout=10)
+    if not finished:
+        raise TimeoutError(f"handled {len(sink.durations)} of {count} notifications in time")
+    elapsed = sink.last_end - sink.first_start
+    mean = statistics.fmean(sink.durations)
+    return {
+        "rate": count / elapsed,
+        "ideal_rate": workers / mean,
+        "handler_us": mean * 1e6,
+        "cpu_us": cpu * 1e6 / count,
+        "ordered": sink.out_of_order == 0,
+        "out_of_order": sink.out_of_order,
+        "elapsed_s": elapsed,
+    }
+
+
+def executor(ctx: Context) -> dict[str, Figures]:
+    """Handlers on an executor: the rate against that of workers always busy (see above)."""
+    s = ctx.settings
+    label = f"Dispatcher, {s.executor_workers} workers"
+    figures = ctx.measure(
+        "executor",
+        "dispatcher",
+        label,
+        lambda: _executor_once(ctx),
+        "{rate:>12,.0f} notif/s  ideal {ideal_rate:,.0f}/s  handler {handler_us:.0f} µs  "
+        "ordered {ordered}",
+    )
+    if "error" in figures:
+        return {"dispatcher": figures}
+    if not figures["ordered"]:
+        figures = {"error": f"{figures['out_of_order']} notifications handled out of order"}
+        return {"dispatcher": figures}
+    return {"ideal": {"rate": figures["ideal_rate"]}, "dispatcher": figures}
 
 
 RECEIVE_RUNNERS: dict[str, Callable[[Context], dict[str, Figures]]] = {

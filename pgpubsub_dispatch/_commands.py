@@ -1,6 +1,7 @@
 """The commands that cross from callers' threads to the dispatcher thread, with their behaviour.
 
-Each command carries a :class:`concurrent.futures.Future` (the caller waits on it) and knows
+Each command carries a :class:`~pgpubsub_dispatch._completion.Completion` (the caller waits on
+it: a lighter ``concurrent.futures.Future``) and knows
 what it does, as CPython's ``concurrent.futures`` work items do, so nobody switches on its type:
 the SQL it needs on the current session (:meth:`Command.statement`), what it changes once the
 server has done it (:meth:`Command.apply`), what it does without a session
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, Protocol
 
 from psycopg2 import sql
 
+from ._completion import Completion, finish_all
 from ._names import DatabaseEncoding, check_channel, check_payload
 from ._routing import Handler, Routes
 from .errors import DispatcherStopped
@@ -68,7 +69,7 @@ class Served(Protocol):
 
 
 class Command:
-    """Base of every command: the future the caller waits on, and default behaviour."""
+    """Base of every command: the completion the caller waits on, and default behaviour."""
 
     __slots__ = ("from_handler", "future")
 
@@ -83,7 +84,7 @@ class Command:
     the routing table at once, its statement following when the listening session is free."""
 
     def __init__(self) -> None:
-        self.future: Future[Any] = Future()
+        self.future = Completion()
         self.from_handler = False
         """Set when a handler running on the executor made the call (see ``_loop``)."""
 
@@ -275,8 +276,8 @@ class NotifyBatch(Command):
         return _NOTIFY_BATCH_SQL, (channels, payloads)
 
     def resolve(self, result: Any) -> None:
-        for notify in self.notifies:
-            notify.future.set_result(None)
+        # Their callers are woken one after another, not all at once (see _completion).
+        finish_all([notify.future for notify in self.notifies], None)
         self.future.set_result(None)
 
     def refused(self, error: BaseException, requeue: Callable[[list[Notify]], None]) -> None:

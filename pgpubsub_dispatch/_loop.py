@@ -131,6 +131,9 @@ class Loop:
         self._unlisten_owed: set[str] = set()  # unrouted under backpressure, still LISTENed
         self._resync_due = False  # channel changes recorded under backpressure: catch up
         self._stalled_since: float | None = None
+        self._completed: list[tuple[Command, Any]] = []
+        """Commands done and delivered, with their results, whose callers are yet to be told
+        (see :meth:`_tell_callers`)."""
         self._next_heartbeat = 0.0
         self._probe = Probe(options, self._wake_now)
 
@@ -377,6 +380,7 @@ class Loop:
             self._control.backend_pid,
             self._counters.last_error,
         )
+        self._tell_callers()  # what completed before the loss did commit
         command = None if self.session is None else self.session.finish()
         self._close()
         if command is not None:
@@ -480,6 +484,7 @@ class Loop:
             "the dispatcher stopped" if error is None else f"the connection was lost: {error}"
         )
         stopped.__cause__ = error
+        self._tell_callers()
         inflight = None if self.session is None else self.session.finish()
         for command in (inflight, *control.queue, *self.held, *self.waiting):
             if command is not None:
@@ -562,6 +567,8 @@ class Loop:
                     self._heartbeat_if_due()
                 if session.inflight is None:
                     self._probe_if_due()
+            if self._completed:
+                self._tell_callers()
             if session.inflight is None:
                 self._deliver()
                 if control.stop_requested or control.lost is not None or control.queue:
@@ -838,8 +845,9 @@ class Loop:
         """Apply a command the server has done, deliver what arrived, then resolve it.
 
         Notifications already received are delivered first, so that a caller of ``notify``
-        on a channel this dispatcher listens to finds its handlers already run. The future is
-        resolved whatever happens while delivering, so no caller is ever left waiting.
+        on a channel this dispatcher listens to finds its handlers already run. The command
+        is queued for resolution whatever happens while delivering, so no caller is ever left
+        waiting: see :meth:`_tell_callers`.
         """
         assert command is not None
         try:
@@ -855,6 +863,18 @@ class Loop:
         try:
             self._deliver()
         finally:
+            self._completed.append((command, result))
+
+    def _tell_callers(self) -> None:
+        """Resolve the commands completed since the last call.
+
+        Called once the next statement is on its way (or there is none), just before the
+        thread waits: a woken caller needs the GIL, which this thread then gives up at once,
+        and the server works on the next statement meanwhile.
+        """
+        completed = self._completed
+        while completed:
+            command, result = completed.pop(0)
             command.resolve(result)
 
     # Served, for Command.apply
@@ -923,6 +943,7 @@ class Loop:
             self._wait_in_place(self.session.inflight, deadline)
             self._begin(command)
             self._wait_in_place(command, deadline)
+            self._tell_callers()
         except ConnectionLost as lost:
             control.lost = lost  # the loop reconnects once the handler returns
             if command.needs_session:

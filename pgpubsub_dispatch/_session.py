@@ -109,10 +109,12 @@ class Session:
         :raises Exception: what psycopg2 raises for parameters it cannot adapt.
         """
         self.waits_for = POLL_WRITE  # until the first poll() says otherwise
-        # psycopg2 needs the cursor alive until the statement's result has been polled.
-        cursor = self.conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        # psycopg2 needs the cursor alive until the statement's result has been polled. One
+        # cursor serves every statement in turn (making one took about 5 µs a notify).
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self.conn.cursor(cursor_factory=psycopg2.extensions.cursor)
         cursor.execute(*statement)
-        self._cursor = cursor
         self.inflight = command
         self.inflight_deadline = deadline
 

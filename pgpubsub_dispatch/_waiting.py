@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import threading
+from typing import Any
 
 __all__ = ["Waker", "wait"]
 
@@ -25,18 +27,43 @@ def wait(reads: list[int], writes: list[int], timeout: float | None) -> set[int]
         which the caller discovers by reading); empty on timeout.
     """
     if _HAVE_POLL:
-        poller = select.poll()
-        for fd in reads:
-            poller.register(fd, select.POLLIN)
-        for fd in writes:
-            poller.register(fd, select.POLLOUT)
         millis = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        return {fd for fd, _ in poller.poll(millis)}
+        return {fd for fd, _ in _poller(reads, writes).poll(millis)}
     readable, writable, errored = select.select(reads, writes, reads + writes, timeout)
     return {*readable, *writable, *errored}
 
 
 _HAVE_POLL = hasattr(select, "poll")
+
+_pollers = threading.local()
+"""This thread's poll objects by descriptors: a poll object serves one thread at a time."""
+
+_MAX_POLLERS = 8
+
+
+def _poller(reads: list[int], writes: list[int]) -> Any:
+    """A ``select.poll`` object for these descriptors, made once per thread and reused.
+
+    The dispatcher thread waits on the same two or three sets over and over (twice per
+    ``notify``); making and registering a poll object each time cost more than the wait.
+    """
+    key = (*reads, -1, *writes)
+    cache: dict[tuple[int, ...], Any] | None = getattr(_pollers, "cache", None)
+    if cache is None:
+        cache = _pollers.cache = {}
+    poller = cache.get(key)
+    if poller is None:
+        if len(cache) >= _MAX_POLLERS:  # descriptors of closed connections: start afresh
+            cache.clear()
+        poller = cache[key] = select.poll()
+        for fd in reads:
+            poller.register(fd, select.POLLIN)
+        for fd in writes:
+            poller.register(fd, select.POLLOUT)
+    return poller
+
+
+_DRAIN_BYTES = 4096
 
 
 class Waker:
@@ -74,11 +101,10 @@ class Waker:
 
     def drain(self) -> None:
         """Consume the bytes written so far (dispatcher thread)."""
-        try:
-            while self._reader.recv(4096):
-                pass
-        except OSError:
-            pass  # BlockingIOError: nothing left
+        # Each wake() after a disarm() writes one byte, so one read takes them all (a second
+        # read, to be sure, was one more system call per notify). BlockingIOError: none.
+        with contextlib.suppress(OSError):
+            self._reader.recv(_DRAIN_BYTES)
 
     def disarm(self) -> None:
         """Ask for a byte on the next :meth:`wake`; then look at the queue before waiting."""

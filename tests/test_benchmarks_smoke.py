@@ -93,6 +93,11 @@ def test_quick_mode_covers_every_workload_and_receiver(
         assert positive(run["notify"][key]["rate"]), key
         assert positive(summary["notify"][key]["rate"]["ratio"]), key
 
+    executor = run["executor"]["dispatcher"]
+    assert executor["ordered"] is True
+    assert positive(executor["rate"]) and positive(executor["ideal_rate"])
+    assert positive(summary["executor"]["dispatcher"]["rate"]["ratio"])
+
     for key in MEMORY:
         figures = run["memory"][key]
         assert positive(figures["peak_mb"]) and positive(figures["baseline_mb"]), key
