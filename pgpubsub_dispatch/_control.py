@@ -46,7 +46,7 @@ class Control:
         self.last_exception: BaseException | None = None
         self.lost: BaseException | None = None
         """The session was lost during a handler's in-place call: the loop reconnects once the
-        handler returns (a ``_loop.ConnectionLost``)."""
+        handler returns (a ``_session.SessionLost``)."""
 
     def on_loop_thread(self) -> bool:
         """Whether the calling thread is the dispatcher thread."""

@@ -11,37 +11,16 @@ every wanted channel again in one round trip, and sends ``reconnected`` before d
 anything. Meanwhile channel changes are recorded and applied on reconnect, and notifies are
 held until a session is up (or their caller gives up).
 
-Backpressure (with an executor): when ``max_pending`` notifications wait for the executor,
-the thread neither reads nor writes the listening session until the executor makes room, so
-the backlog stays in the server's queue and memory holds at most ``max_pending``
-notifications plus what one read of the socket brought. Nothing may run on that session
-meanwhile, because the server sends every notification it has queued for a session before it
-answers it: any statement, even a heartbeat, would make libpq read the whole backlog. So,
-while backpressured (``Delivery.stalled``):
+Backpressure (with an executor) and calls made by executor handlers are served without the
+listening session when needed: see ``_detour``. Without an executor none of it applies: the
+hot path is unchanged.
 
-- a statement already in flight waits (its deadline paused), and the heartbeat is postponed:
-  the session's liveness is left to TCP keepalives, which the dispatcher turns on;
-- ``notify`` and ``queue_usage`` run on the side session (``_side``);
-- ``unlisten``/``unsubscribe`` take effect in the routing table at once (no handler is called
-  after they return) and their UNLISTEN follows once backpressure ends (``Resync``);
-- ``listen``/``subscribe`` wait for backpressure to end (their caller's timeout bounds it).
-
-A handler running on the executor never waits for the listening session, backpressured or
-not, since backpressure could begin under it and its own channel could then never drain: its
-notifies always use the side session, and its channel changes are recorded at once, their
-statements following (for ``listen``, as while reconnecting: a notification committed before
-the LISTEN runs is not received). Without an executor none of this applies: the hot path is
-unchanged.
-
-Every new session is probed (``_probe``): a notification sent from another session must
-arrive. A deaf session fails ``start()``; once running, it is reported (a warning, ``deaf``,
-``stats().deaf``) and replaced, and probes go on every heartbeat until one arrives again.
+Every new session is probed: see ``_hearing``.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import random
 import threading
@@ -54,21 +33,21 @@ import psycopg2
 from psycopg2 import sql
 
 from . import _timeouts, signals
-from ._commands import Command, Heartbeat, Notify, NotifyBatch, Resync
+from ._commands import Command, Heartbeat, Notify, NotifyBatch
 from ._control import Control, State
 from ._delivery import Delivery, send_signal
+from ._detour import Detour
+from ._hearing import Hearing, Verdict
 from ._names import DatabaseEncoding
 from ._options import Options
-from ._probe import Probe, Verdict
-from ._routing import Routes, listen_sql
-from ._session import POLL_WRITE, Session, one_line
-from ._side import SideSession
+from ._routing import Routes
+from ._session import POLL_WRITE, Session, SessionLost, one_line
 from ._stats import Counters
 from ._text import plural
 from ._waiting import wait
-from .errors import DeafSession, DispatcherStopped, InvalidChannelName, NotConnected
+from .errors import DeafSession, DispatcherStopped, NotConnected
 
-__all__ = ["ConnectionLost", "Loop"]
+__all__ = ["Loop"]
 
 log = logging.getLogger("pgpubsub_dispatch")
 
@@ -80,14 +59,6 @@ _STOP_GRACE_SECONDS = 5.0
 
 _MAX_BATCH = 1000
 """Most notifies sent in one transaction when callers queue them faster than they commit."""
-
-
-class ConnectionLost(Exception):
-    """Raised on the dispatcher thread when the session is gone; ``reason`` says why."""
-
-    def __init__(self, reason: BaseException) -> None:
-        super().__init__(str(reason))
-        self.reason = reason
 
 
 class Loop:
@@ -125,17 +96,13 @@ class Loop:
         self.session: Session | None = None
         self.held: collections.deque[Command] = collections.deque()
         """Commands that need a session, waiting for one (reconnecting)."""
-        self.side = SideSession(options, routes)
-        self.waiting: collections.deque[Command] = collections.deque()
-        """``listen``/``subscribe`` calls waiting for backpressure to end (not taken yet)."""
-        self._unlisten_owed: set[str] = set()  # unrouted under backpressure, still LISTENed
-        self._resync_due = False  # channel changes recorded under backpressure: catch up
-        self._stalled_since: float | None = None
+        self.detour = Detour(options, routes)
+        self.side = self.detour.side
         self._completed: list[tuple[Command, Any]] = []
         """Commands done and delivered, with their results, whose callers are yet to be told
         (see :meth:`_tell_callers`)."""
         self._next_heartbeat = 0.0
-        self._probe = Probe(options, self._wake_now)
+        self.hearing = Hearing(sender, options, counters, self._note_error, self._wake_now)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -156,10 +123,11 @@ class Loop:
                     control.state = State.RUNNING
             assert control.backend_pid is not None
             send_signal(signals.connected, self._sender, backend_pid=control.backend_pid)
-            self._settle_probe(verdict, reconnect_if_deaf=False)
+            assert self.session is not None
+            self.hearing.settle(verdict, self.session, reconnect_if_deaf=False)
             started.set_result(None)
             self._serve_until_stopped()
-        except ConnectionLost as lost:
+        except SessionLost as lost:
             error = lost.reason
         except BaseException as exc:  # a bug: say so, and still clean up
             error = exc
@@ -172,7 +140,7 @@ class Loop:
             try:
                 self._serve()
                 return  # stop() was called
-            except ConnectionLost as lost:
+            except SessionLost as lost:
                 if not self._options.reconnect or self._control.stop_requested:
                     raise
                 self._on_lost(lost.reason)
@@ -206,17 +174,22 @@ class Loop:
         assert waker is not None
         between = self._absorb_while_connecting if reconnecting else self._raise_if_stopping
         session = self.session = Session.open(self._options, waker, deadline, between)
-        session.probe_channel = self._probe.channel
+        session.probe_channel = self.hearing.channel
         self.routes.database_encoding = DatabaseEncoding.of(session.server_encoding)
         at = deadline or _timeouts.deadline(self._options.attempt_seconds)
         try:
-            channels = self._listen_wanted(session, at, reconnecting=reconnecting)
+            channels = session.listen_all(
+                self.routes.wanted,  # final: commands stay queued from here on
+                self.hearing.channel,
+                self.routes.check_representable,
+                waker,
+                at,
+                reconnecting=reconnecting,
+            )
         finally:
             self._raise_if_stopping()
         self.routes.session_listens(channels)
-        self._unlisten_owed.clear()
-        self._resync_due = False
-        self._stalled_since = None
+        self.detour.session_started()
         self.delivery.new_session()
         self._control.backend_pid = session.backend_pid
         self._counters.pooler = pooler = session.backend_pid != session.libpq_pid
@@ -236,131 +209,18 @@ class Loop:
                 session.backend_pid,
             )
         self._take_notifies()
-        return self._prove_hearing(session, deadline)
-
-    def _listen_wanted(
-        self, session: Session, deadline: float | None, *, reconnecting: bool
-    ) -> frozenset[str]:
-        """LISTEN the probe channel and every wanted channel, and read the server's pid.
-
-        On a reconnection, a channel the database cannot hold as a name is skipped (logged as
-        an error), so that one name never makes every reconnection fail.
-
-        :returns: the channels now LISTENed (the probe's apart).
-        :raises InvalidChannelName: at start, for a recorded name the database cannot hold.
-        :raises psycopg2.Error, TimeoutError: if LISTENing fails or ``deadline`` passes.
-        """
-        waker = self._control.waker
-        assert waker is not None
-        wanted = self.routes.wanted  # final: commands stay queued from here on
-        refused: dict[str, BaseException] = {}
-        for channel in sorted(wanted):
-            try:
-                self.routes.check_representable(channel)
-            except InvalidChannelName as exc:
-                if not reconnecting:
-                    raise
-                refused[channel] = exc
-        channels = sorted(wanted - refused.keys())
-        pid_sql = sql.SQL("SELECT pg_backend_pid()")
-        statement = sql.SQL("; ").join([listen_sql([self._probe.channel, *channels]), pid_sql])
-        try:
-            session.execute_now((statement, None), waker, deadline)
-        except psycopg2.DataError:  # class 22: a name the database encoding cannot hold
-            if not reconnecting or session.closed:
-                raise
-            for channel in [self._probe.channel, *channels]:
-                try:
-                    session.execute_now((listen_sql([channel]), None), waker, deadline)
-                except psycopg2.DataError as exc:
-                    if session.closed or channel == self._probe.channel:
-                        raise
-                    refused[channel] = exc
-            session.execute_now((pid_sql, None), waker, deadline)
-        for channel, error in sorted(refused.items()):
-            log.error("not listening to %r: %s", channel, one_line(error))
-        row = session.fetch_row()
-        if row is not None:
-            session.backend_pid = int(row[0])
-        return frozenset(channels) - refused.keys()
-
-    def _prove_hearing(self, session: Session, deadline: float | None) -> Verdict:
-        """Probe a new session, waiting for the verdict (see ``_probe``).
-
-        :raises DeafSession: at start, when the probe's notification does not arrive.
-        :raises psycopg2.Error: if the session is lost meanwhile.
-        :raises TimeoutError: if ``deadline`` passes first.
-        :raises DispatcherStopped: if ``stop()`` is called meanwhile.
-        """
-        probe, waker = self._probe, self._control.waker
-        assert waker is not None
-        probe.begin(session.params)
-        while True:
-            verdict = probe.verdict(session.heard)
-            if verdict is not None:
-                break
-            if _timeouts.remaining(deadline) == 0.0:
-                raise TimeoutError("no answer in time while probing the new session")
-            at = probe.next_instant()
-            if deadline is not None and (at is None or deadline < at):
-                at = deadline
-            ready = wait([session.fd, waker.fileno()], [], _timeouts.seconds_until(at))
-            if waker.fileno() in ready:
-                waker.drain()
-                self._raise_if_stopping()  # commands stay queued until the session serves
-            if session.fd in ready:
-                session.poll()
-                self._take_notifies()
-        if verdict is Verdict.DEAF and self._control.state is State.STARTING:
-            probe.finish(frequent=True)
-            raise DeafSession(probe.deaf_error_text())
-        return verdict
+        return self.hearing.prove(
+            session,
+            waker,
+            deadline,
+            starting=self._control.state is State.STARTING,
+            on_wake=self._raise_if_stopping,
+            take_notifies=self._take_notifies,
+        )
 
     def _take_notifies(self) -> None:
         assert self.session is not None
         self._counters.received += self.session.take_notifies(self.delivery.pending)
-
-    def _settle_probe(self, verdict: Verdict, *, reconnect_if_deaf: bool) -> None:
-        """Act on a probe's verdict: report deafness or its end, and schedule the next probe.
-
-        :raises ConnectionLost: when deaf and ``reconnect_if_deaf`` (a new session may land on
-            a good server connection).
-        """
-        probe, counters, session = self._probe, self._counters, self.session
-        assert session is not None
-        why_unknown = probe.why_unknown() if verdict is Verdict.UNKNOWN else ""
-        probe.finish(frequent=counters.pooler or verdict is not Verdict.HEARD)
-        session.heard.clear()
-        if verdict is Verdict.HEARD:
-            log.debug("the probe's notification arrived (backend pid %d)", session.backend_pid)
-            if counters.deaf:
-                counters.deaf = False
-                log.warning(
-                    "notifications sent from other sessions arrive again (backend pid %d)",
-                    session.backend_pid,
-                )
-                send_signal(signals.hearing, self._sender, backend_pid=session.backend_pid)
-        elif verdict is Verdict.UNKNOWN:
-            log.warning(
-                "could not prove that the session receives notifications from other sessions: "
-                "the probe %s; trying again later",
-                why_unknown,
-            )
-        else:
-            self._deafened(DeafSession(probe.deaf_error_text()), reconnect=reconnect_if_deaf)
-
-    def _deafened(self, error: DeafSession, *, reconnect: bool) -> None:
-        """Say loudly that the session is deaf; then replace it when ``reconnect``.
-
-        :raises ConnectionLost: when ``reconnect``.
-        """
-        self._counters.deaf = True
-        self._probe.finish(frequent=True)
-        self._note_error(error)
-        log.warning("deaf: %s%s", error, "; reconnecting" if reconnect else "")
-        send_signal(signals.deaf, self._sender, error=error)
-        if reconnect:
-            raise ConnectionLost(error)
 
     def _absorb_while_connecting(self) -> None:
         self._raise_if_stopping()
@@ -386,10 +246,12 @@ class Loop:
         if command is not None:
             command.interrupted(reason, self.routes)
         # Not sent yet: to be served (or held) like any queued command.
-        self._control.queue.extendleft(reversed([*self.waiting, *self.side.give_back(reason)]))
-        self.waiting.clear()
-        self._deliver()  # what arrived before the loss was listened to: deliver it
-        self.delivery.pending.clear()
+        waiting = self.detour.waiting
+        self._control.queue.extendleft(reversed([*waiting, *self.side.give_back(reason)]))
+        waiting.clear()
+        # What arrived before the loss was listened to: deliver it (what the executor has no
+        # room for yet stays pending, for after the reconnection).
+        self._deliver()
         # The routing table stays until the reconnection replaces it: executor tasks use it.
         send_signal(signals.disconnected, self._sender, error=reason)
 
@@ -436,7 +298,8 @@ class Loop:
             self._control.queue.extendleft(reversed(self.held))  # held ones first, in order
             self.held.clear()
             send_signal(signals.reconnected, self._sender, backend_pid=self._control.backend_pid)
-            self._settle_probe(verdict, reconnect_if_deaf=False)
+            assert self.session is not None
+            self.hearing.settle(verdict, self.session, reconnect_if_deaf=False)
             return True
 
     def _note_error(self, error: BaseException) -> None:
@@ -486,12 +349,12 @@ class Loop:
         stopped.__cause__ = error
         self._tell_callers()
         inflight = None if self.session is None else self.session.finish()
-        for command in (inflight, *control.queue, *self.held, *self.waiting):
+        for command in (inflight, *control.queue, *self.held, *self.detour.waiting):
             if command is not None:
                 command.stopped(stopped)
         control.queue.clear()
         self.held.clear()
-        self.waiting.clear()
+        self.detour.waiting.clear()
         self.side.stop(stopped)
         self._unlisten_all(error)
         self._close()
@@ -536,7 +399,7 @@ class Loop:
     def _serve(self) -> None:
         """Run commands and deliver notifications until stop().
 
-        :raises ConnectionLost: when the session is gone or fails its heartbeat.
+        :raises SessionLost: when the session is gone or fails its heartbeat.
         """
         control, session, side = self._control, self.session, self.side
         waker = control.waker
@@ -551,7 +414,7 @@ class Loop:
                 raise lost
             if executor:
                 self._deliver()  # hand off first: what is left decides whether to read
-                stalled = self._note_stall()
+                stalled = self.detour.note_stall(self.delivery.stalled, session)
             if control.stop_requested:
                 if session.inflight is None and side.inflight is None:
                     return
@@ -562,11 +425,11 @@ class Loop:
             else:
                 self._start_next_command(stalled)
                 if side.queue:
-                    self._start_side()
+                    self.detour.start_side(waker, self._raise_if_stopping)
                 if session.inflight is None and not stalled:
                     self._heartbeat_if_due()
                 if session.inflight is None:
-                    self._probe_if_due()
+                    self.hearing.if_due(session, self._poll, self.delivery.backpressure)
             if self._completed:
                 self._tell_callers()
             if session.inflight is None:
@@ -597,26 +460,6 @@ class Loop:
                     self._check_inflight_deadline()
                 side.check_deadline()
 
-    def _note_stall(self) -> bool:
-        """Whether backpressure holds now; when it ends, the paused deadline counts again."""
-        stalled = self.delivery.stalled
-        since = self._stalled_since
-        if stalled and since is None:
-            self._stalled_since = time.monotonic()
-        elif not stalled and since is not None:
-            self._stalled_since = None
-            session = self.session
-            # The statement in flight was not read meanwhile: that was no fault of the server.
-            if session is not None and session.inflight_deadline is not None:
-                session.inflight_deadline += time.monotonic() - since
-        return stalled
-
-    def _start_side(self) -> None:
-        waker = self._control.waker
-        assert waker is not None
-        with contextlib.suppress(DispatcherStopped):  # stop() while opening it: we stop next
-            self.side.start_next(waker, self._raise_if_stopping)
-
     def _next_timeout(self, grace: float | None, stalled: bool = False) -> float:
         """Seconds until something is due: the stop grace, a deadline or the heartbeat
         (neither of the last two counts while backpressured)."""
@@ -629,7 +472,7 @@ class Loop:
         side_due = self.side.next_deadline()
         if side_due is not None and (due is None or side_due < due):
             due = side_due
-        probing = None if session is None or session.inflight else self._probe.next_instant()
+        probing = self.hearing.next_instant(session)
         if probing is not None and (due is None or probing < due):
             due = probing
         return _timeouts.seconds_until(due)
@@ -640,7 +483,7 @@ class Loop:
         assert session is not None
         at = session.inflight_deadline
         if session.inflight is not None and at is not None and _timeouts.remaining(at) == 0:
-            raise ConnectionLost(
+            raise SessionLost(
                 psycopg2.OperationalError(
                     f"no answer from the server to a {session.inflight.name} in time: "
                     "the connection is presumed dead"
@@ -662,47 +505,24 @@ class Loop:
             heartbeat.take()
             self._begin(heartbeat)
 
-    def _probe_if_due(self) -> None:
-        """Start the probe when due; judge the probe in progress once it has a verdict.
-
-        :raises ConnectionLost: when the session is found deaf (after saying so).
-        """
-        probe, session = self._probe, self.session
-        assert session is not None
-        if not probe.running:
-            if probe.due is not None and time.monotonic() >= probe.due:
-                probe.begin(session.params)
-            return
-        verdict = probe.verdict(session.heard)
-        if verdict is Verdict.DEAF and session.fd in wait([session.fd], [], 0):
-            self._poll()  # what has already come in is read before judging
-            verdict = probe.verdict(session.heard)
-        if verdict is Verdict.DEAF and self.delivery.backpressure:
-            probe.postpone()  # not reading: the notification may be waiting on the server
-            return
-        if verdict is not None:
-            self._settle_probe(verdict, reconnect_if_deaf=True)
-
     def _start_next_command(self, stalled: bool = False) -> None:
         """Take queued commands until one needs the server (or the queue is empty).
 
         While ``stalled`` (backpressure), and for every call made by a handler on the
         executor, nothing is started on the listening session: see the module's docstring.
         """
-        control, session, side = self._control, self.session, self.side
+        control, session, detour = self._control, self.session, self.detour
         queue = control.queue
         assert session is not None
         if not stalled and session.inflight is None:
-            if self.waiting:
-                queue.extendleft(reversed(self.waiting))
-                self.waiting.clear()
-            if self._resync_due:
-                self._resync()
+            resync = detour.catch_up(queue)
+            if resync is not None:
+                self._begin(resync)
         while queue and control.lost is None:
             command = queue[0]
-            if stalled or command.from_handler or (command.any_session and side.busy):
+            if detour.must_detour(command, stalled):
                 queue.popleft()
-                self._redirect(command)
+                detour.redirect(command)
                 continue
             if session.inflight is not None:
                 return
@@ -712,53 +532,9 @@ class Loop:
                     command = self._gather_notifies(command)
                 self._begin(command)
 
-    def _redirect(self, command: Command) -> None:
-        """Serve ``command`` without the listening session (backpressure, or a handler's call).
-
-        A notify or queue usage goes to the side session (also while it has others, so that
-        commits keep their order); an unlisten or unsubscribe, or any channel change made by a
-        handler on the executor, is recorded in the routing table at once, its statement
-        following; a listen or subscribe from any other thread waits for backpressure to end.
-        """
-        if command.any_session:
-            self.side.submit(command)
-        elif command.removes_routes or command.from_handler:
-            if command.take():
-                try:
-                    self._record_for_later(command)
-                except Exception as exc:
-                    command.future.set_exception(exc)
-                    return
-                command.future.set_result(None)
-        else:
-            self.waiting.append(command)  # not taken: its caller can still give up
-
-    def _record_for_later(self, command: Command) -> None:
-        routes = self.routes
-        before = routes.listening
-        command.record(routes)
-        self._unlisten_owed |= before - routes.listening  # the session still LISTENs to them
-        self._resync_due = True
-
-    def _resync(self) -> None:
-        """LISTEN and UNLISTEN what changed while the listening session could not be used."""
-        routes = self.routes
-        self._resync_due = False
-        listen = routes.wanted - routes.listening
-        unlisten = frozenset(self._unlisten_owed - routes.wanted)
-        command = Resync(listen, unlisten)
-        command.take()
-        self._begin(command)
-
     def resynced(self, listened: frozenset[str], unlistened: frozenset[str]) -> None:
-        """A :class:`Resync` committed: route what is still wanted, owe what no longer is."""
-        routes = self.routes
-        routes.session_also_listens(listened)
-        self._unlisten_owed -= listened | unlistened
-        gone = listened - routes.wanted  # unrouted while the statement was on its way
-        if gone:
-            self._unlisten_owed |= gone
-            self._resync_due = True
+        """A :class:`Resync` committed (see ``_detour``)."""
+        self.detour.resynced(listened, unlistened)
 
     def _gather_notifies(self, first: Notify) -> Command:
         """Take the notifies queued right behind ``first`` to share its transaction.
@@ -804,7 +580,7 @@ class Loop:
         except psycopg2.Error as exc:
             if session.closed:
                 session.inflight = command
-                raise ConnectionLost(exc) from exc
+                raise SessionLost(exc) from exc
             command.refused(exc, self._requeue)
             return
         except Exception as exc:  # e.g. UnicodeEncodeError for the connection's encoding
@@ -823,7 +599,7 @@ class Loop:
     def _poll(self) -> None:
         """Advance the session; finish the command in flight; take its notifications.
 
-        :raises ConnectionLost: when the session is gone.
+        :raises SessionLost: when the session is gone.
         """
         session = self.session
         assert session is not None
@@ -833,7 +609,7 @@ class Loop:
             command = session.finish()
             if session.closed or command is None:
                 session.inflight = command
-                raise ConnectionLost(exc) from exc
+                raise SessionLost(exc) from exc
             self._counters.received += session.take_notifies(self.delivery.pending)
             command.refused(exc, self._requeue)
             return
@@ -852,7 +628,7 @@ class Loop:
         assert command is not None
         try:
             result = command.apply(self)
-        except ConnectionLost:
+        except SessionLost:
             raise  # a deaf session, found by the heartbeat
         except Exception as exc:  # e.g. a result row of an unexpected shape
             command.refused(exc, self._requeue)
@@ -886,7 +662,7 @@ class Loop:
     def check_heartbeat(self, row: tuple[Any, ...]) -> None:
         """Compare what the session listens to with what it should (a pooler loses LISTENs).
 
-        :raises ConnectionLost: when the session listens to less than it should.
+        :raises SessionLost: when the session listens to less than it should.
         """
         usage, channels, pid = row
         self._counters.queue_usage = float(usage)
@@ -897,7 +673,7 @@ class Loop:
                 self._counters.queue_usage * 100,
             )
         if pid != self._control.backend_pid:
-            self._deafened(
+            self.hearing.deafened(
                 DeafSession(
                     f"the server session changed under the dispatcher (pid "
                     f"{self._control.backend_pid}, now {pid}): a pooler in transaction or "
@@ -907,17 +683,18 @@ class Loop:
             )
         listed = set(channels)
         missing = sorted(self.routes.listening - listed)
-        if missing or self._probe.channel not in listed:
-            self._deafened(
+        if missing or self.hearing.channel not in listed:
+            self.hearing.deafened(
                 DeafSession(
                     f"the session stopped listening to {missing or 'its probe channel'!r} (a "
                     "pooler in transaction mode? LISTEN needs session pooling)"
                 ),
                 reconnect=True,
             )
-        if self._probe.after_heartbeat and not self._probe.running:
+        probe = self.hearing.probe
+        if probe.after_heartbeat and not probe.running:
             assert self.session is not None
-            self._probe.begin(self.session.params)
+            probe.begin(self.session.params)
 
     # ------------------------------------------------------------------ in place
 
@@ -944,7 +721,7 @@ class Loop:
             self._begin(command)
             self._wait_in_place(command, deadline)
             self._tell_callers()
-        except ConnectionLost as lost:
+        except SessionLost as lost:
             control.lost = lost  # the loop reconnects once the handler returns
             if command.needs_session:
                 raise NotConnected(f"the connection was lost: {lost.reason}") from lost.reason

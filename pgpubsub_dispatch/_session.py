@@ -17,14 +17,23 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from . import _timeouts
 from ._commands import Command, Statement
 from ._connection import describe_target
 from ._options import Options
+from ._routing import listen_sql
 from ._waiting import Waker, wait
+from .errors import InvalidChannelName
 
-__all__ = ["POLL_OK", "POLL_READ", "POLL_WRITE", "Session"]
+__all__ = [
+    "POLL_OK",
+    "POLL_READ",
+    "POLL_WRITE",
+    "Session",
+    "SessionLost",
+]
 
 log = logging.getLogger("pgpubsub_dispatch")
 
@@ -127,6 +136,57 @@ class Session:
         self._cursor.execute(*statement)
         _poll_until_ok(self.conn, waker, deadline, "running " + str(statement[0])[:40], None)
 
+    def listen_all(
+        self,
+        wanted: frozenset[str],
+        probe_channel: str,
+        check: Callable[[str], object],
+        waker: Waker,
+        deadline: float | None,
+        *,
+        reconnecting: bool,
+    ) -> frozenset[str]:
+        """LISTEN the probe channel and every wanted channel, and read the server's pid.
+
+        On a reconnection, a channel the database cannot hold as a name is skipped (logged as
+        an error), so that one name never makes every reconnection fail.
+
+        :param check: raises ``InvalidChannelName`` for a name the database cannot hold.
+        :returns: the channels now LISTENed (the probe's apart).
+        :raises InvalidChannelName: at start, for a recorded name the database cannot hold.
+        :raises psycopg2.Error, TimeoutError: if LISTENing fails or ``deadline`` passes.
+        """
+        refused: dict[str, BaseException] = {}
+        for channel in sorted(wanted):
+            try:
+                check(channel)
+            except InvalidChannelName as exc:
+                if not reconnecting:
+                    raise
+                refused[channel] = exc
+        channels = sorted(wanted - refused.keys())
+        pid_sql = sql.SQL("SELECT pg_backend_pid()")
+        statement = sql.SQL("; ").join([listen_sql([probe_channel, *channels]), pid_sql])
+        try:
+            self.execute_now((statement, None), waker, deadline)
+        except psycopg2.DataError:  # class 22: a name the database encoding cannot hold
+            if not reconnecting or self.closed:
+                raise
+            for channel in [probe_channel, *channels]:
+                try:
+                    self.execute_now((listen_sql([channel]), None), waker, deadline)
+                except psycopg2.DataError as exc:
+                    if self.closed or channel == probe_channel:
+                        raise
+                    refused[channel] = exc
+            self.execute_now((pid_sql, None), waker, deadline)
+        for channel, error in sorted(refused.items()):
+            log.error("not listening to %r: %s", channel, one_line(error))
+        row = self.fetch_row()
+        if row is not None:
+            self.backend_pid = int(row[0])
+        return frozenset(channels) - refused.keys()
+
     def poll(self) -> int:
         """Advance the connection; return libpq's state (``POLL_OK`` when idle).
 
@@ -201,6 +261,14 @@ def _close(conn: psycopg2.extensions.connection) -> None:
         conn.close()
     except Exception as exc:  # pragma: no cover - close() on a broken socket
         log.debug("closing the connection failed: %s", exc)
+
+
+class SessionLost(Exception):
+    """Raised on the dispatcher thread when the session is gone; ``reason`` says why."""
+
+    def __init__(self, reason: BaseException) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 def one_line(error: BaseException) -> str:
