@@ -193,3 +193,17 @@ def test_the_setup_commands_are_the_ones_ci_runs() -> None:
         check=True,
     ).stdout
     assert printed.splitlines() == [readme["quickstart-command"], readme["test-command"]]
+
+
+def test_readme_is_valid_restructured_text() -> None:
+    """PyPI renders README.rst as the package's page: a malformed table or title breaks it."""
+    import docutils.core
+    import docutils.utils
+
+    text = README.read_text(encoding="utf-8")
+    try:
+        docutils.core.publish_string(
+            text, writer_name="null", settings_overrides={"report_level": 2, "halt_level": 2}
+        )
+    except docutils.utils.SystemMessage as exc:
+        pytest.fail(f"README.rst does not render: {exc}")
