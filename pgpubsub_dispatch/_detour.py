@@ -57,12 +57,14 @@ class Detour:
         """``listen``/``subscribe`` calls waiting for backpressure to end (not taken yet)."""
         self._unlisten_owed: set[str] = set()  # unrouted under backpressure, still LISTENed
         self._resync_due = False  # channel changes recorded under backpressure: catch up
+        self._resync: Resync | None = None  # the catch-up sent last
         self._stalled_since: float | None = None
 
     def session_started(self) -> None:
         """A new session LISTENs to every wanted channel: nothing is owed any more."""
         self._unlisten_owed.clear()
         self._resync_due = False
+        self._resync = None
         self._stalled_since = None
 
     def note_stall(self, stalled: bool, session: Session | None) -> bool:
@@ -77,6 +79,11 @@ class Detour:
                 session.inflight_deadline += time.monotonic() - since
         return stalled
 
+    @property
+    def ready_to_catch_up(self) -> bool:
+        """Whether calls or channel changes wait for the listening session to be free."""
+        return bool(self.waiting) or self._resync_due
+
     def catch_up(self, queue: collections.deque[Command]) -> Resync | None:
         """The listening session is usable again: requeue the waiting calls first, and return
         the :class:`Resync` of what changed meanwhile (already taken), if anything did."""
@@ -87,15 +94,24 @@ class Detour:
             return None
         routes = self._routes
         self._resync_due = False
-        command = Resync(
-            routes.wanted - routes.listening, frozenset(self._unlisten_owed - routes.wanted)
-        )
+        owed = frozenset(self._unlisten_owed - routes.wanted)
+        command = self._resync = Resync(routes.wanted - routes.listening, owed)
         command.take()
         return command
 
+    @property
+    def _listens_owed(self) -> bool:
+        """Whether channel changes whose calls returned still wait for their statements."""
+        resync = self._resync
+        return self._resync_due or (resync is not None and not resync.future.done())
+
     def must_detour(self, command: Command, stalled: bool) -> bool:
         """Whether ``command`` is served here rather than on the listening session."""
-        return stalled or command.from_handler or (command.any_session and self.side.busy)
+        return (
+            stalled
+            or command.from_handler
+            or (command.any_session and (self.side.busy or self._listens_owed))
+        )
 
     def redirect(self, command: Command) -> None:
         """Serve ``command`` without the listening session (backpressure, or a handler's call).
@@ -103,9 +119,11 @@ class Detour:
         A notify or queue usage goes to the side session (also while it has others, so that
         commits keep their order); an unlisten or unsubscribe, or any channel change made by a
         handler on the executor, is recorded in the routing table at once, its statement
-        following; a listen or subscribe from any other thread waits for backpressure to end.
+        following; a listen or subscribe from any other thread waits for backpressure to end,
+        and so does a notify from another thread while channel changes made by handlers wait
+        for their LISTEN: a call never overtakes a LISTEN whose call has returned.
         """
-        if command.any_session:
+        if command.any_session and (command.from_handler or not self._listens_owed):
             self.side.submit(command)
         elif command.removes_routes or command.from_handler:
             if command.take():

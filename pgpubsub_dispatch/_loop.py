@@ -436,7 +436,12 @@ class Loop:
                 self._deliver()
                 if control.stop_requested or control.lost is not None or control.queue:
                     continue  # stop, reconnect, or serve what a handler queued
-                waker.disarm()  # idle from here: callers must write to wake us
+                if not stalled and self.detour.ready_to_catch_up:
+                    continue  # the session is free again: what waited for it goes first
+            if session.inflight is None or stalled:
+                # About to wait with no answer on its way to wake us (idle, or not reading
+                # the session under backpressure): callers must write to wake us.
+                waker.disarm()
                 if control.queue:
                     continue  # queued before the disarm: its wake() wrote nothing
             timeout = self._next_timeout(grace, stalled)

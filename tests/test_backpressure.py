@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg2
 import pytest
 
 from pgpubsub_dispatch import Dispatcher
@@ -300,3 +301,51 @@ def test_a_session_lost_under_backpressure_is_replaced_once_handlers_catch_up(
         wait_until(lambda: 0 in gated.payloads, "a notification sent after the reconnection")
     before = gated.payloads[: gated.payloads.index(0)]
     assert before == sorted(set(before))  # what was read before the loss: once, in order
+
+
+def test_handlers_notify_promptly_through_heartbeats_under_lasting_backpressure(
+    dsn: str,
+) -> None:
+    """Found by a new user's trial: once a heartbeat had begun just before backpressure, the
+    dispatcher slept without a wake-up for its callers, and every handler's notify waited
+    out its timeout (or, with none, for ever)."""
+    work, echo = unique("work"), unique("echo")
+    echoed = Collector()
+    failures: list[BaseException] = []
+    stop_sending = threading.Event()
+
+    def handler(notification: Any) -> None:
+        threading.Event().wait(0.0003)  # a little work per notification
+        if int(notification.payload) % 50 == 0:
+            try:
+                bus.notify(echo, notification.payload, timeout=BOUND)
+            except Exception as exc:  # the assertion below names it
+                failures.append(exc)
+
+    def send_until_stopped() -> None:
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        try:
+            number = 0
+            while not stop_sending.is_set():
+                send(conn, work, str(number))
+                number += 1
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        bus = Dispatcher(
+            dsn, executor=pool, max_pending=3, heartbeat_interval=0.3, heartbeat_timeout=0.2
+        )
+        bus.subscribe(work, handler)
+        bus.subscribe(echo, echoed)
+        with bus:
+            sender = threading.Thread(target=send_until_stopped)
+            sender.start()
+            try:
+                wait_until(lambda: bus.stats().backpressure, "backpressure")
+                echoed.wait(20, timeout=BOUND)  # heartbeats come and go under backpressure
+            finally:
+                stop_sending.set()
+                sender.join(BOUND)
+            assert failures == []
