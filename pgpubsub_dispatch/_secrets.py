@@ -33,6 +33,12 @@ _URI_USERINFO_PASSWORDS = (
     re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:([^/?#]*)@"),
 )
 _URI_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#\s]*)")
+_URI_LAST_AT = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@]*:(.*)@")
+"""A password written with unescaped ``@``, ``:`` or ``/``: everything up to the last ``@``."""
+_URI_DELIMITERS = (re.compile(r"[@:/?#]"), re.compile(r"[@/?#]"))
+_FRAGMENT_MIN = 3
+"""Pieces of such a password at least this long are masked too: libpq, splitting the URI at
+its delimiters, may quote any of them back (as a host name, a port, a database)."""
 _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
 _KEYWORD_ESCAPE = re.compile(r"\\(.)")
 
@@ -128,6 +134,14 @@ def _dsn_passwords(dsn: str) -> Iterator[str]:
         for match in pattern.finditer(dsn):
             yield match.group(1)
             yield urllib.parse.unquote(match.group(1))
+    last_at = _URI_LAST_AT.match(dsn)
+    if last_at is not None:
+        written = last_at.group(1)
+        pieces = {written}.union(*(set(split.split(written)) for split in _URI_DELIMITERS))
+        for piece in sorted(pieces):
+            if len(piece) >= _FRAGMENT_MIN:
+                yield piece
+                yield urllib.parse.unquote(piece)
     for match in _KEYWORD_PASSWORD.finditer(dsn):
         written = match.group(1)
         yield written

@@ -120,6 +120,29 @@ def test_start_with_a_malformed_dsn_never_shows_the_password(
     assert_nowhere("S3cret", exc, bus, caplog)
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:S3cret@Tail99@127.0.0.1:1/db",  # libpq quotes "Tail99@127.0.0.1"
+        "postgresql://app:S3:cret/Tail99@127.0.0.1:1/db",  # libpq quotes "S3:cret" as a port
+        "postgresql://app:S3cret@Tail99:x@127.0.0.1:1/db",
+    ],
+    ids=["at", "colon-slash", "at-colon"],
+)
+def test_an_unescaped_delimiter_in_a_uri_password_never_shows_any_piece(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a new user's trial: libpq splits such a URI at its delimiters and quotes a
+    piece of the password back (as a host name, or a port)."""
+    bus = Dispatcher(dsn, connect_timeout=2)
+
+    exc = start_fails(bus, psycopg2.Error)
+
+    for piece in ("S3cret", "Tail99", "S3:cret", "cret/Tail99"):
+        if piece in dsn:
+            assert_nowhere(piece, exc, bus, caplog)
+
+
 def test_the_redacted_error_keeps_its_type_and_what_is_not_secret(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
