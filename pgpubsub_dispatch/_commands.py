@@ -12,6 +12,7 @@ thread, or in a caller's thread while the dispatcher is not running (``record``)
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from ._routing import Handler, Routes
 from .errors import DispatcherStopped
 
 __all__ = [
+    "MAX_BATCH",
     "Command",
     "Heartbeat",
     "Listen",
@@ -36,6 +38,7 @@ __all__ = [
     "Subscribe",
     "Unlisten",
     "Unsubscribe",
+    "gather_notifies",
 ]
 
 Statement = tuple["str | sql.Composable", Any]
@@ -362,3 +365,39 @@ class Resync(Command):
 
     def interrupted(self, reason: BaseException, routes: Routes) -> None:
         self.future.set_result(None)  # nobody waits; the new session LISTENs what is wanted
+
+
+MAX_BATCH = 1000
+"""Most notifies sent in one transaction when callers queue them faster than they commit."""
+
+
+def gather_notifies(
+    first: Notify, queue: collections.deque[Command], *, keep_handler_calls_apart: bool
+) -> Command:
+    """Take the notifies queued right behind ``first`` to share its transaction.
+
+    Stops at anything else (order is kept), at a retry, at a (channel, payload) pair already
+    taken (the server folds identical notifications of one transaction), after
+    :data:`MAX_BATCH`, and, with ``keep_handler_calls_apart``, at a call made by an executor
+    handler (the listening session must leave those to the side session).
+
+    :returns: ``first`` alone, or a :class:`NotifyBatch` of it and those taken (all taken).
+    """
+    if not queue or type(queue[0]) is not Notify:
+        return first
+    batch = [first]
+    taken = {(first.channel, first.payload)}
+    while queue and len(batch) < MAX_BATCH:
+        candidate = queue[0]
+        if type(candidate) is not Notify or candidate.alone:
+            break
+        if keep_handler_calls_apart and candidate.from_handler:
+            break
+        pair = (candidate.channel, candidate.payload)
+        if pair in taken:
+            break
+        queue.popleft()
+        if candidate.take():
+            batch.append(candidate)
+            taken.add(pair)
+    return first if len(batch) == 1 else NotifyBatch(batch)

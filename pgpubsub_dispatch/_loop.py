@@ -33,7 +33,7 @@ import psycopg2
 from psycopg2 import sql
 
 from . import _timeouts, signals
-from ._commands import Command, Heartbeat, Notify, NotifyBatch
+from ._commands import Command, Heartbeat, Notify, gather_notifies
 from ._control import Control, State
 from ._delivery import Delivery, send_signal
 from ._detour import Detour
@@ -56,9 +56,6 @@ _UNLISTEN_ON_STOP_SECONDS = 1.0
 
 _STOP_GRACE_SECONDS = 5.0
 """How long stopping lets a command already sent finish before failing it."""
-
-_MAX_BATCH = 1000
-"""Most notifies sent in one transaction when callers queue them faster than they commit."""
 
 
 class Loop:
@@ -534,36 +531,12 @@ class Loop:
             queue.popleft()
             if command.take():
                 if type(command) is Notify and not command.alone:
-                    command = self._gather_notifies(command)
+                    command = gather_notifies(command, queue, keep_handler_calls_apart=True)
                 self._begin(command)
 
     def resynced(self, listened: frozenset[str], unlistened: frozenset[str]) -> None:
         """A :class:`Resync` committed (see ``_detour``)."""
         self.detour.resynced(listened, unlistened)
-
-    def _gather_notifies(self, first: Notify) -> Command:
-        """Take the notifies queued right behind ``first`` to share its transaction.
-
-        Stops at anything else (order is kept), at a retry, and at a (channel, payload) pair
-        already taken: the server folds identical notifications of one transaction.
-        """
-        queue = self._control.queue
-        if not queue or type(queue[0]) is not Notify:
-            return first
-        batch = [first]
-        taken = {(first.channel, first.payload)}
-        while queue and len(batch) < _MAX_BATCH:
-            candidate = queue[0]
-            if type(candidate) is not Notify or candidate.alone or candidate.from_handler:
-                break
-            pair = (candidate.channel, candidate.payload)
-            if pair in taken:
-                break
-            queue.popleft()
-            if candidate.take():
-                batch.append(candidate)
-                taken.add(pair)
-        return first if len(batch) == 1 else NotifyBatch(batch)
 
     def _requeue(self, notifies: list[Notify]) -> None:
         self._control.queue.extendleft(reversed(notifies))

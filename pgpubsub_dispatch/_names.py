@@ -128,6 +128,22 @@ def check_channel(channel: object) -> str:
     return check_identifier(channel, "channel name", InvalidChannelName)
 
 
+def utf8_size(payload: object) -> int:
+    """The size in UTF-8 bytes of a payload PostgreSQL's ``text`` can hold.
+
+    :raises TypeError: if it is not a ``str`` (encode bytes yourself, or use JSON).
+    :raises ValueError: if it contains NUL or is not encodable as UTF-8.
+    """
+    if not isinstance(payload, str):
+        raise TypeError(f"payload must be a str, not {type(payload).__name__}")
+    if "\x00" in payload:
+        raise ValueError("payload must not contain NUL (PostgreSQL text cannot hold it)")
+    try:
+        return len(payload.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError("payload is not valid UTF-8 (it holds a lone surrogate)") from exc
+
+
 def check_payload(payload: object, encoding: DatabaseEncoding | None = None) -> str:
     """Return ``payload`` unchanged if the server would accept it.
 
@@ -139,14 +155,8 @@ def check_payload(payload: object, encoding: DatabaseEncoding | None = None) -> 
     :raises PayloadTooLarge: if it is 8000 bytes or more in the database encoding (UTF-8 when
         ``encoding`` is ``None``).
     """
-    if not isinstance(payload, str):
-        raise TypeError(f"payload must be a str, not {type(payload).__name__}")
-    if "\x00" in payload:
-        raise ValueError("payload must not contain NUL (PostgreSQL text cannot hold it)")
-    try:
-        size = len(payload.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError("payload is not valid UTF-8 (it holds a lone surrogate)") from exc
+    size = utf8_size(payload)
+    assert isinstance(payload, str)
     where = "UTF-8"
     if encoding is not None and encoding.codec not in (None, "utf_8"):
         where = f"the database encoding {encoding.name}"

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg2
 
 from . import _timeouts
-from ._commands import Command, Notify, NotifyBatch
+from ._commands import Command, Notify, gather_notifies
 from ._options import Options
 from ._routing import Routes
 from ._session import POLL_OK, POLL_WRITE, Session, one_line
@@ -42,9 +42,6 @@ from .errors import DispatcherStopped, NotConnected
 __all__ = ["SideSession"]
 
 log = logging.getLogger("pgpubsub_dispatch")
-
-_MAX_BATCH = 1000
-"""Most notifies sent in one transaction (as on the listening session)."""
 
 
 class SideSession:
@@ -94,7 +91,7 @@ class SideSession:
             if not command.take():
                 continue
             if type(command) is Notify and not command.alone:
-                command = self._gather(command)
+                command = gather_notifies(command, self.queue, keep_handler_calls_apart=False)
             statement = command.statement(self.routes)
             if statement is None:
                 command.resolve(command.apply(self))
@@ -128,24 +125,6 @@ class SideSession:
         self.opened += 1
         log.debug("side connection open, backend pid %d", self.session.backend_pid)
         return True
-
-    def _gather(self, first: Notify) -> Command:
-        """The notifies queued right behind ``first``, none identical, in one transaction."""
-        batch = [first]
-        taken = {(first.channel, first.payload)}
-        queue = self.queue
-        while queue and len(batch) < _MAX_BATCH:
-            candidate = queue[0]
-            if type(candidate) is not Notify or candidate.alone:
-                break
-            pair = (candidate.channel, candidate.payload)
-            if pair in taken:
-                break
-            queue.popleft()
-            if candidate.take():
-                batch.append(candidate)
-                taken.add(pair)
-        return first if len(batch) == 1 else NotifyBatch(batch)
 
     def _requeue(self, notifies: list[Notify]) -> None:
         self.queue.extendleft(reversed(notifies))

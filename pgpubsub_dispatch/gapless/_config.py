@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._names import check_channel, check_identifier
+from .._names import check_channel, check_identifier, utf8_size
 from ..errors import PayloadTooLarge
 
 __all__ = [
@@ -178,14 +178,8 @@ def check_gapless_payload(payload: object) -> str:
     :raises ValueError: if it contains NUL or is not encodable as UTF-8.
     :raises PayloadTooLarge: if it is over :data:`MAX_GAPLESS_PAYLOAD_BYTES`.
     """
-    if not isinstance(payload, str):
-        raise TypeError(f"payload must be a str, not {type(payload).__name__}")
-    if "\x00" in payload:
-        raise ValueError("payload must not contain NUL (PostgreSQL text cannot hold it)")
-    try:
-        size = len(payload.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError("payload is not valid UTF-8 (it holds a lone surrogate)") from exc
+    size = utf8_size(payload)
+    assert isinstance(payload, str)
     if size > MAX_GAPLESS_PAYLOAD_BYTES:
         raise PayloadTooLarge(
             f"payload is {size} bytes in UTF-8; a gap-free channel takes at most "
