@@ -452,6 +452,41 @@ def test_handlers_on_an_executor_get_the_same_order(dsn: str, schema: str) -> No
     assert [n.position for n in got.items] == list(range(1, 1502))
 
 
+def test_a_handler_on_an_executor_notifies_a_gap_free_channel_promptly(
+    dsn: str, schema: str
+) -> None:
+    trigger, channel = unique("plain"), unique()
+    got = Collector()
+    results: list[int | BaseException] = []
+    done = threading.Event()
+    count = 12
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        config = gapless.Config([channel], schema=schema)
+        bus = Dispatcher(dsn, gapless=config, executor=pool, max_pending=2)
+
+        def relay(notification: Any) -> None:
+            try:
+                results.append(bus.notify(channel, "re " + notification.payload, timeout=BOUND))
+            except BaseException as exc:  # the test's assertion reports it
+                results.append(exc)
+            if len(results) == count:
+                done.set()
+
+        bus.subscribe(trigger, relay)
+        bus.subscribe(channel, got)
+        with bus:
+            bus.notify_many([(trigger, str(n)) for n in range(count)])
+            assert done.wait(BOUND), f"the handler's notifies did not return: {results!r}"
+            got.wait(count)
+            assert bus.position(channel) == count
+    assert sorted(results) == list(range(1, count + 1))  # type: ignore[type-var]
+    assert [n.position for n in got.items] == list(range(1, count + 1))
+    assert sorted(n.payload for n in got.items) == sorted(f"re {n}" for n in range(count))
+    assert [(p, v) for p, v in log_rows(dsn, schema, channel)] == [
+        (n.position, n.payload) for n in got.items
+    ]
+
+
 # ------------------------------------------------------------------------- retention
 
 
