@@ -232,6 +232,7 @@ class Dispatcher:
             handler_dropped=counters.handler_dropped,
             deaf=counters.deaf,
             pooler=counters.pooler,
+            gapless_stale=0 if self._sequencer is None else self._sequencer.stale,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:

@@ -388,6 +388,33 @@ def test_a_notification_without_a_position_is_ignored_with_a_warning(
     assert "has no position" in caplog.text
 
 
+def test_a_forged_or_stale_position_is_dropped_once_and_delivery_goes_on(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel, plain = unique(), unique("plain")
+    got, plain_got = Collector(), Collector()
+    with Dispatcher(dsn, gapless=gapless.Config([channel], schema=schema)) as bus:
+        bus.subscribe(channel, got)
+        bus.subscribe(plain, plain_got)
+        wait_until(lambda: bus.position(channel) == 0, "the first read")
+        other = connect(dsn)
+        with caplog.at_level(logging.WARNING, logger="pgpubsub_dispatch"):
+            with other.cursor() as cur:
+                for forged in (f"{gapless.MARKER}999999", f"{gapless.MARKER}5:stale payload"):
+                    cur.execute("SELECT pg_notify(%s, %s)", (channel, forged))
+                cur.execute("SELECT pg_notify(%s, 'after')", (plain,))
+            assert plain_got.wait(1)[0].payload == "after"
+            bus.notify(plain, "mine", timeout=BOUND)
+            assert send(other, schema, channel, "real") == 1
+            assert bus.notify(channel, "own", timeout=BOUND) == 2
+            got.wait(2)
+        other.close()
+        assert bus.stats().gapless_stale == 2
+    assert [p.payload for p in plain_got.items] == ["after", "mine"]
+    assert [(n.position, n.payload) for n in got.items] == [(1, "real"), (2, "own")]
+    assert caplog.text.count("the server's counter never reached it") == 1
+
+
 def test_the_trigger_helper_sends_whole_rows_through_the_log(dsn: str, schema: str) -> None:
     channel = unique()
     conn = connect(dsn, autocommit=False)

@@ -12,7 +12,11 @@ notifications from the oldest and takes out those that may be delivered now:
 * otherwise (a later position: notifications were missed; or a payload too big for the
   NOTIFY): a :class:`~._commands.CatchUp` read of everything after ``last`` is queued, and the
   walk stops there. Nothing behind it is delivered until the read is back: a channel that is
-  catching up holds up delivery (of every channel, which keeps this simple and correct).
+  catching up holds up delivery (of every channel, which keeps this simple and correct). If
+  that read shows the server's counter below the notification's position (a NOTIFY forged
+  with ``pg_notify()``, or one sent before the log was reset), the notification is dropped
+  (one warning per channel, counted in ``stats().gapless_stale``): a read is never repeated
+  for the same notification, so such a NOTIFY cannot stall delivery.
 
 After every new session (``Delivery.new_session``) and whenever a gap-free channel starts being
 LISTENed, a catch-up read runs before any live notification of the channel is delivered: it
@@ -74,6 +78,8 @@ class _Channel:
     """One gap-free channel's reading state (dispatcher thread)."""
 
     __slots__ = (
+        "claim",
+        "claimed",
         "failure",
         "failures",
         "last",
@@ -81,8 +87,10 @@ class _Channel:
         "more",
         "name",
         "reading",
+        "refuted",
         "reported",
         "retry_at",
+        "stale_warned",
         "token",
         "warned",
     )
@@ -100,6 +108,10 @@ class _Channel:
         self.retry_at = 0.0
         self.reported: int | None = None
         self.warned = False
+        self.claim: Any = None  # the live notification whose position the current read seeks
+        self.claimed = 0  # its position
+        self.refuted: Any = None  # a live notification a read showed the server never reached
+        self.stale_warned = False
 
 
 class Sequencer:
@@ -140,6 +152,9 @@ class Sequencer:
         """Live notifications dropped because a read had delivered them already."""
         self.gaps = 0
         """Gaps found (``gap`` signals sent)."""
+        self.stale = 0
+        """Live notifications dropped because the server's counter never reached their
+        position (a forged NOTIFY, or one sent before the log was reset)."""
 
     # ---------------------------------------------------------------- any thread
 
@@ -195,6 +210,7 @@ class Sequencer:
             state.more = False
             state.failures = 0
             state.token += 1  # reads queued for the old session are obsolete
+            state.claim = state.refuted = None
         self._routes_version = -1
         self._listened_any = False
         self._next_alive = 0.0
@@ -232,8 +248,14 @@ class Sequencer:
                 take()
                 state.last = position
                 put(entry)
+            elif notification is state.refuted:
+                take()  # a read found the server's counter below it: it never committed there
+                state.refuted = None
+                self._drop_stale(state, position)
             else:
-                self._start_read(state)  # missed some, or the payload is in the row only
+                # Missed some, or the payload is in the row only. The read settles this
+                # notification: it delivers its position, or shows the server never had it.
+                self._start_read(state, notification, position)
                 break
         return out
 
@@ -282,6 +304,9 @@ class Sequencer:
         state.failures = 0
         state.failure = None
         state.reported = after
+        if state.claim is not None and counter < state.claimed:
+            state.refuted = state.claim  # committed before this read, yet not on the server
+        state.claim = None
         if state.last is not None and counter < state.last:
             log.warning(
                 "gap-free channel %r is at position %d on the server, behind the %d delivered "
@@ -364,8 +389,12 @@ class Sequencer:
                     else:
                         self._retrying = True
 
-    def _start_read(self, state: _Channel) -> None:
+    def _start_read(self, state: _Channel, claim: Any = None, claimed: int = 0) -> None:
+        """Queue a read of ``state``'s channel; ``claim``: the live notification (at position
+        ``claimed``) that asks for it, if any (it was received, so committed, before the read
+        runs: a read whose counter is below ``claimed`` proves it stale)."""
         state.reading = True
+        state.claim, state.claimed = claim, claimed
         state.token += 1
         # At the front: it holds up delivery, so it goes before callers' commands.
         self._control.queue.appendleft(CatchUp(self, state.name, state.token))
@@ -381,6 +410,20 @@ class Sequencer:
             ):
                 state.more = False
                 self._start_read(state)
+
+    def _drop_stale(self, state: _Channel, position: int) -> None:
+        self.stale += 1
+        if state.stale_warned:
+            log.debug("dropped a stale notification at position %d of %r", position, state.name)
+            return
+        state.stale_warned = True
+        log.warning(
+            "dropped a notification at position %d on gap-free channel %r: the server's "
+            "counter never reached it (a NOTIFY forged with pg_notify(), or sent before the log "
+            "was reset); such ones are dropped and counted in stats().gapless_stale",
+            position,
+            state.name,
+        )
 
     def _gap(self, state: _Channel, missing: range) -> None:
         self.gaps += 1
