@@ -415,6 +415,33 @@ def test_a_forged_or_stale_position_is_dropped_once_and_delivery_goes_on(
     assert caplog.text.count("the server's counter never reached it") == 1
 
 
+def test_two_logs_numbering_the_same_channel_do_not_mix(dsn: str, schema: str) -> None:
+    channel, elsewhere = unique(), unique("gl")
+    admin = connect(dsn, autocommit=False)
+    gapless.install(admin, schema=elsewhere)
+    got = Collector()
+    try:
+        with Dispatcher(dsn, gapless=gapless.Config([channel], schema=schema)) as bus:
+            bus.subscribe(channel, got)
+            wait_until(lambda: bus.position(channel) == 0, "the first read")
+            other = connect(dsn)
+            assert send(other, elsewhere, channel, "b1") == 1  # the other log's positions
+            assert send(other, elsewhere, channel, "b" * 9000) == 2  # its payload in the row
+            assert send(other, schema, channel, "a1") == 1
+            assert send(other, elsewhere, channel, "b3") == 3
+            assert bus.notify(channel, "a2", timeout=BOUND) == 2
+            got.wait(2)
+            other.close()
+            assert bus.position(channel) == 2
+            assert bus.stats().gapless_stale == 0
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(elsewhere)))
+        admin.commit()
+        admin.close()
+    assert [(n.position, n.payload) for n in got.items] == [(1, "a1"), (2, "a2")]
+
+
 def test_the_trigger_helper_sends_whole_rows_through_the_log(dsn: str, schema: str) -> None:
     channel = unique()
     conn = connect(dsn, autocommit=False)

@@ -56,6 +56,7 @@ from ._sql import (
     CATCH_UP_MAX_ROWS,
     MARKER,
     catch_up_statement,
+    log_tag,
     report_statement,
 )
 
@@ -146,6 +147,8 @@ class Sequencer:
         self._catch_up_sql = catch_up_statement(config.schema)
         self._report_sql = report_statement(config.schema)
         self._hold = config.window
+        self._tag = log_tag(config.schema)
+        self._foreign_logged: set[str] = set()
         self._known = threading.Condition()
         """Notified when a read sets a channel's first position, or fails."""
         self.skipped = 0
@@ -236,7 +239,7 @@ class Sequencer:
                 break
             entry = self._parse(notification, state)
             if entry is None:
-                take()
+                take()  # not one of this log's (a plain NOTIFY, or another schema's log)
                 continue
             last = state.last
             assert last is not None  # set by the read that ended `reading`
@@ -438,17 +441,30 @@ class Sequencer:
 
     def _parse(self, notification: Any, state: _Channel) -> GaplessNotification | int | None:
         """The entry to deliver, or just its position (the payload is in the row), or
-        ``None`` for a notification that is not a gap-free one (sent with plain NOTIFY)."""
+        ``None`` for a notification that is not one of this log's: sent with plain NOTIFY
+        (warned once), or numbered by another schema's log (its tag differs: logged once at
+        debug level). A payload without a tag comes from a log installed before tags existed,
+        and is taken as this log's."""
         if type(notification) is GaplessNotification:
             return notification
         payload: str = notification.payload
         if payload.startswith(MARKER):
-            head, colon, body = payload[_MARKER_LENGTH:].partition(":")
-            if head.isdigit() and head.isascii():
-                position = int(head)
-                if not colon:
+            rest = payload[_MARKER_LENGTH:]
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            if 0 < digits <= 19:  # a bigint
+                position, rest = int(rest[:digits]), rest[digits:]
+                if rest.startswith("@"):  # the log's tag
+                    tag = self._tag
+                    if not rest.startswith(tag):
+                        self._foreign(state)
+                        return None
+                    rest = rest[len(tag) :]
+                if not rest:
                     return position
-                return GaplessNotification(notification.channel, body, notification.pid, position)
+                if rest.startswith(":"):
+                    return GaplessNotification(
+                        notification.channel, rest[1:], notification.pid, position
+                    )
         if not state.warned:
             state.warned = True
             log.warning(
@@ -459,6 +475,17 @@ class Sequencer:
                 self._config.schema,
             )
         return None
+
+    def _foreign(self, state: _Channel) -> None:
+        """A notification of the channel numbered by another log (another schema's)."""
+        if state.name not in self._foreign_logged:
+            self._foreign_logged.add(state.name)
+            log.debug(
+                "ignoring notifications on gap-free channel %r numbered by another log than "
+                "schema %r's (each such one is ignored)",
+                state.name,
+                self._config.schema,
+            )
 
     # ---------------------------------------------------------------- reports
 
