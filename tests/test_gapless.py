@@ -576,6 +576,34 @@ def test_pruning_keeps_what_a_dispatcher_has_not_delivered(dsn: str, schema: str
     admin.close()
 
 
+def test_a_start_beyond_the_servers_counter_registers_the_counter_at_once(
+    dsn: str, schema: str
+) -> None:
+    channel = unique()
+    other = connect(dsn)
+    for n in range(1, 3):
+        send(other, schema, channel, f"n{n}")
+    got = Collector()
+    config = gapless.Config([channel], schema=schema, since={channel: 100}, reader=unique("reader"))
+    bus = Dispatcher(dsn, gapless=config)
+    gaps = Gaps(bus)
+    bus.subscribe(channel, got)
+    with bus:
+        wait_until(lambda: bus.position(channel) == 2, "the position taken from the server")
+    assert reader_position(dsn, schema, config.reader, channel) == 2  # not 100
+    for n in range(3, 6):
+        send(other, schema, channel, f"n{n}")  # while stopped: the registration keeps them
+    other.close()
+    admin = connect(dsn, autocommit=False)
+    assert gapless.prune(admin, keep_last=0, schema=schema) == 2
+    with bus:
+        got.wait(3)
+    assert gapless.forget_reader(admin, config.reader, schema=schema) == 1
+    admin.close()
+    assert [(n.position, n.payload) for n in got.items] == [(3, "n3"), (4, "n4"), (5, "n5")]
+    assert gaps.seen == []
+
+
 def test_the_gap_signal_names_rows_pruned_outside_the_window(dsn: str, schema: str) -> None:
     channel = unique()
     got = Collector()

@@ -494,18 +494,27 @@ class Sequencer:
         if now < self._next_report:
             return
         self._next_report = now + REPORT_CHANGED_SECONDS
-        positions = {
-            state.name: state.last
-            for state in self._channels.values()
-            if state.listened and state.last is not None
-        }
+        positions = self._reportable(self._channels.values())
         changed = any(self._channels[name].reported != last for name, last in positions.items())
         if positions and (changed or now >= self._next_alive):
             self._next_alive = now + REPORT_ALIVE_SECONDS
             self._control.queue.append(Report(self, positions))
 
+    def _reportable(self, states: Iterable[_Channel]) -> dict[str, int]:
+        """The positions to record: a channel being read is left out, as its read registers
+        the reader itself, from a position it checks against the server's counter."""
+        return {
+            state.name: state.last
+            for state in states
+            if state.listened and not state.reading and state.last is not None
+        }
+
     def report_statement(self, command: Report) -> Statement | None:
-        """The report's SQL."""
+        """The report's SQL, with the positions as they are now (a read since the report was
+        queued may have corrected them); ``None`` when there is none left to record."""
+        command.positions = self._reportable(self._channels[name] for name in command.positions)
+        if not command.positions:
+            return None
         return self._report_sql, {
             "reader": self._config.reader,
             "hold": self._hold,

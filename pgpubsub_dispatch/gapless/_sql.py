@@ -226,7 +226,10 @@ WITH counter AS (
     SELECT coalesce(max(last_position), 0) AS value
       FROM {channels} WHERE channel = %(channel)s
 ), start AS (
-    SELECT coalesce(%(after)s::bigint, value) AS after FROM counter
+    -- Never above the counter: if the positions on the server went back (a reset log, a
+    -- failover that lost rows, a `since` too high), the reader goes on from the counter, and
+    -- its registration must protect the rows taken from there at once.
+    SELECT least(coalesce(%(after)s::bigint, value), value) AS after FROM counter
 ), registered AS (
     INSERT INTO {readers} AS r (reader, channel, position, seen_at, hold)
     SELECT %(reader)s, %(channel)s, start.after, now(),
@@ -258,10 +261,10 @@ SELECT (SELECT value FROM counter),
 def catch_up_statement(schema: str) -> sql.Composable:
     """Read a channel's rows after a position, and register the reader, in one round trip.
 
-    Parameters (a dict): ``channel``, ``after`` (``None``: from the channel's current
-    position), ``reader``, ``hold`` (seconds or ``None``), ``max_rows``, ``max_bytes``. One
-    row: the channel's counter, the position read from, 1 (registered), and three arrays:
-    positions, payloads, sender pids, in position order.
+    Parameters (a dict): ``channel``, ``after`` (``None``, or beyond the counter: from the
+    channel's current position), ``reader``, ``hold`` (seconds or ``None``), ``max_rows``,
+    ``max_bytes``. One row: the channel's counter, the position read from (as registered), 1
+    (registered), and three arrays: positions, payloads, sender pids, in position order.
     """
     return sql.SQL(_CATCH_UP).format(**_names(schema))
 
