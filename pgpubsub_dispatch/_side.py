@@ -12,8 +12,9 @@ handler running on the executor calls it, because such a caller could otherwise 
 own channel to drain, which waits for it (a deadlock). This session LISTENs to nothing, so it
 never receives a notification.
 
-Its commands run one at a time, in the order given, consecutive notifies sharing one
-transaction as on the listening session; the listening session takes no notify while this one
+Its commands run one at a time, in the order given, consecutive plain notifies sharing one
+transaction as on the listening session (any other command, such as a gap-free notify, is
+sent alone); the listening session takes no notify while this one
 has any, so commits keep the callers' order. A failure closes it and fails the command in
 flight (a notify "may or may not have committed", as on the listening session); the next
 command opens it again. It is closed when the dispatcher stops or loses its session.

@@ -44,6 +44,9 @@ class DispatcherStats:
             arrive: a pooler in transaction mode) until a probe succeeds again.
         pooler: ``True`` when the current (or last) session goes through a connection pooler
             (libpq's backend pid is not the server session's).
+        gapless_stale: live notifications of gap-free channels dropped because the server's
+            counter never reached their position: a NOTIFY forged with ``pg_notify()``, or one
+            sent before the channel's log was reset (0 without gap-free channels).
     """
 
     received: int
@@ -60,6 +63,7 @@ class DispatcherStats:
     handler_dropped: int = 0
     deaf: bool = False
     pooler: bool = False
+    gapless_stale: int = 0
 
     @property
     def connected(self) -> bool:

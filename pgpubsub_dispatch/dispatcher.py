@@ -232,6 +232,7 @@ class Dispatcher:
             handler_dropped=counters.handler_dropped,
             deaf=counters.deaf,
             pooler=counters.pooler,
+            gapless_stale=0 if self._sequencer is None else self._sequencer.stale,
         )
 
     def start(self, timeout: float | None = None) -> Dispatcher:
@@ -383,11 +384,13 @@ class Dispatcher:
         commits), use the module-level :func:`pgpubsub_dispatch.notify` on your connection.
 
         :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).
-        :param payload: text shorter than 8000 bytes in the database encoding, without NUL.
+        :param payload: text without NUL, shorter than 8000 bytes in the database encoding;
+            on a gap-free channel, up to 16 MiB (16,777,216 bytes) in UTF-8.
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises InvalidChannelName: if the channel name is not acceptable.
         :raises TypeError: if ``payload`` is not a ``str``.
-        :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in the database encoding.
+        :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in the database encoding
+            (on a gap-free channel: over 16 MiB in UTF-8).
         :raises ValueError: if ``payload`` contains NUL.
         :raises DispatcherStopped: if the dispatcher is not running, or stops first.
         :raises NotConnected: if the dispatcher is reconnecting and ``timeout`` passes before
@@ -395,7 +398,8 @@ class Dispatcher:
         :raises psycopg2.OperationalError: if the connection is lost while the notification is
             on its way (it may or may not have been committed).
         :raises psycopg2.Error: what the server raised (e.g. ``too many notifications in the
-            NOTIFY queue``, SQLSTATE 54000); the dispatcher keeps running.
+            NOTIFY queue``, SQLSTATE 54000; on gap-free channels ``DeadlockDetected`` when
+            transactions notify them in different orders); the dispatcher keeps running.
         :raises TimeoutError: if ``timeout`` passes first (it may still be sent).
         :returns: the position on a gap-free channel (``int``), else ``None``.
         """
@@ -409,11 +413,17 @@ class Dispatcher:
     ) -> None:
         """Send many notifications, in order, in as few transactions as the server allows.
 
-        Every pair is validated before anything is sent. Pairs go out in shared transactions
-        (possibly with other threads' notifies), except that two identical pairs never share
-        one, so each is delivered. Returns once all have committed.
+        Every pair is validated before anything is sent. Pairs go out in list order, in shared
+        transactions (possibly with other threads' notifies), except that two identical pairs
+        never share one, so each is delivered. Returns once all have committed. Consecutive
+        pairs of gap-free channels share one transaction (up to 1000 pairs or 8 MiB), which
+        takes their channels' counter rows in list order: list channels in the same order as
+        your other senders do, or concurrent transactions can deadlock (see the README's
+        "Gap-free channels").
 
-        :param notifications: ``(channel, payload)`` pairs, e.g. ``[("orders", "1"), ...]``.
+        :param notifications: ``(channel, payload)`` pairs, e.g. ``[("orders", "1"), ...]``;
+            each payload shorter than 8000 bytes in the database encoding, or up to 16 MiB
+            (16,777,216 bytes) in UTF-8 on a gap-free channel.
         :param timeout: seconds to wait for all of them; ``None`` waits as long as it takes.
         :raises InvalidChannelName, TypeError, PayloadTooLarge, ValueError: for the first bad
             pair, before anything is sent.
@@ -437,9 +447,11 @@ class Dispatcher:
         :param timeout: seconds to wait; ``None`` waits as long as it takes.
         :raises TypeError: if ``obj`` is not JSON-serialisable.
         :raises ValueError: if it holds NaN or infinity.
-        :raises PayloadTooLarge: if its text is 8000 bytes or more in the database encoding.
+        :raises PayloadTooLarge: if its text is 8000 bytes or more in the database encoding (on
+            a gap-free channel: over 16 MiB, 16,777,216 bytes, in UTF-8).
         :raises DispatcherStopped, NotConnected, TimeoutError, psycopg2.Error: as
             :meth:`notify`.
+        :returns: the position on a gap-free channel (``int``), else ``None``.
         """
         payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return self.notify(channel, payload, timeout)

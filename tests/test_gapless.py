@@ -388,6 +388,60 @@ def test_a_notification_without_a_position_is_ignored_with_a_warning(
     assert "has no position" in caplog.text
 
 
+def test_a_forged_or_stale_position_is_dropped_once_and_delivery_goes_on(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel, plain = unique(), unique("plain")
+    got, plain_got = Collector(), Collector()
+    with Dispatcher(dsn, gapless=gapless.Config([channel], schema=schema)) as bus:
+        bus.subscribe(channel, got)
+        bus.subscribe(plain, plain_got)
+        wait_until(lambda: bus.position(channel) == 0, "the first read")
+        other = connect(dsn)
+        with caplog.at_level(logging.WARNING, logger="pgpubsub_dispatch"):
+            with other.cursor() as cur:
+                for forged in (f"{gapless.MARKER}999999", f"{gapless.MARKER}5:stale payload"):
+                    cur.execute("SELECT pg_notify(%s, %s)", (channel, forged))
+                cur.execute("SELECT pg_notify(%s, 'after')", (plain,))
+            assert plain_got.wait(1)[0].payload == "after"
+            bus.notify(plain, "mine", timeout=BOUND)
+            assert send(other, schema, channel, "real") == 1
+            assert bus.notify(channel, "own", timeout=BOUND) == 2
+            got.wait(2)
+        other.close()
+        assert bus.stats().gapless_stale == 2
+    assert [p.payload for p in plain_got.items] == ["after", "mine"]
+    assert [(n.position, n.payload) for n in got.items] == [(1, "real"), (2, "own")]
+    assert caplog.text.count("the server's counter never reached it") == 1
+
+
+def test_two_logs_numbering_the_same_channel_do_not_mix(dsn: str, schema: str) -> None:
+    channel, elsewhere = unique(), unique("gl")
+    admin = connect(dsn, autocommit=False)
+    gapless.install(admin, schema=elsewhere)
+    got = Collector()
+    try:
+        with Dispatcher(dsn, gapless=gapless.Config([channel], schema=schema)) as bus:
+            bus.subscribe(channel, got)
+            wait_until(lambda: bus.position(channel) == 0, "the first read")
+            other = connect(dsn)
+            assert send(other, elsewhere, channel, "b1") == 1  # the other log's positions
+            assert send(other, elsewhere, channel, "b" * 9000) == 2  # its payload in the row
+            assert send(other, schema, channel, "a1") == 1
+            assert send(other, elsewhere, channel, "b3") == 3
+            assert bus.notify(channel, "a2", timeout=BOUND) == 2
+            got.wait(2)
+            other.close()
+            assert bus.position(channel) == 2
+            assert bus.stats().gapless_stale == 0
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(elsewhere)))
+        admin.commit()
+        admin.close()
+    assert [(n.position, n.payload) for n in got.items] == [(1, "a1"), (2, "a2")]
+
+
 def test_the_trigger_helper_sends_whole_rows_through_the_log(dsn: str, schema: str) -> None:
     channel = unique()
     conn = connect(dsn, autocommit=False)
@@ -452,6 +506,41 @@ def test_handlers_on_an_executor_get_the_same_order(dsn: str, schema: str) -> No
     assert [n.position for n in got.items] == list(range(1, 1502))
 
 
+def test_a_handler_on_an_executor_notifies_a_gap_free_channel_promptly(
+    dsn: str, schema: str
+) -> None:
+    trigger, channel = unique("plain"), unique()
+    got = Collector()
+    results: list[int | BaseException] = []
+    done = threading.Event()
+    count = 12
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        config = gapless.Config([channel], schema=schema)
+        bus = Dispatcher(dsn, gapless=config, executor=pool, max_pending=2)
+
+        def relay(notification: Any) -> None:
+            try:
+                results.append(bus.notify(channel, "re " + notification.payload, timeout=BOUND))
+            except BaseException as exc:  # the test's assertion reports it
+                results.append(exc)
+            if len(results) == count:
+                done.set()
+
+        bus.subscribe(trigger, relay)
+        bus.subscribe(channel, got)
+        with bus:
+            bus.notify_many([(trigger, str(n)) for n in range(count)])
+            assert done.wait(BOUND), f"the handler's notifies did not return: {results!r}"
+            got.wait(count)
+            assert bus.position(channel) == count
+    assert sorted(results) == list(range(1, count + 1))  # type: ignore[type-var]
+    assert [n.position for n in got.items] == list(range(1, count + 1))
+    assert sorted(n.payload for n in got.items) == sorted(f"re {n}" for n in range(count))
+    assert [(p, v) for p, v in log_rows(dsn, schema, channel)] == [
+        (n.position, n.payload) for n in got.items
+    ]
+
+
 # ------------------------------------------------------------------------- retention
 
 
@@ -485,6 +574,34 @@ def test_pruning_keeps_what_a_dispatcher_has_not_delivered(dsn: str, schema: str
     assert gapless.forget_reader(admin, config.reader, schema=schema) == 1
     assert gapless.prune(admin, keep_last=0, schema=schema) == 4
     admin.close()
+
+
+def test_a_start_beyond_the_servers_counter_registers_the_counter_at_once(
+    dsn: str, schema: str
+) -> None:
+    channel = unique()
+    other = connect(dsn)
+    for n in range(1, 3):
+        send(other, schema, channel, f"n{n}")
+    got = Collector()
+    config = gapless.Config([channel], schema=schema, since={channel: 100}, reader=unique("reader"))
+    bus = Dispatcher(dsn, gapless=config)
+    gaps = Gaps(bus)
+    bus.subscribe(channel, got)
+    with bus:
+        wait_until(lambda: bus.position(channel) == 2, "the position taken from the server")
+    assert reader_position(dsn, schema, config.reader, channel) == 2  # not 100
+    for n in range(3, 6):
+        send(other, schema, channel, f"n{n}")  # while stopped: the registration keeps them
+    other.close()
+    admin = connect(dsn, autocommit=False)
+    assert gapless.prune(admin, keep_last=0, schema=schema) == 2
+    with bus:
+        got.wait(3)
+    assert gapless.forget_reader(admin, config.reader, schema=schema) == 1
+    admin.close()
+    assert [(n.position, n.payload) for n in got.items] == [(3, "n3"), (4, "n4"), (5, "n5")]
+    assert gaps.seen == []
 
 
 def test_the_gap_signal_names_rows_pruned_outside_the_window(dsn: str, schema: str) -> None:

@@ -4,7 +4,9 @@ Sending (built in the caller's thread, by ``Dispatcher.notify`` and ``notify_man
 :class:`GaplessNotify` and :class:`GaplessNotifyBatch` call ``pgpubsub_notify()`` in one
 transaction of the dispatcher's session. They are never merged with plain notifies (the loop
 gathers only plain :class:`~pgpubsub_dispatch._commands.Notify` commands), so plain channels
-run exactly the statements they always did.
+run exactly the statements they always did. Like a plain notify they need no LISTEN
+(``any_session``), so under backpressure, and always for a handler running on the executor,
+they go to the side session (``_side``), each in a transaction of its own.
 
 Receiving (built on the dispatcher thread by :class:`~._sequencer.Sequencer`): :class:`CatchUp`
 reads a channel's rows after the last position delivered; :class:`Report` records the reader's
@@ -42,6 +44,7 @@ class GaplessNotify(Command):
     __slots__ = ("channel", "payload", "schema")
 
     needs_session = True
+    any_session = True  # it LISTENs to nothing: the side session may send it (see _detour)
 
     def __init__(self, channel: str, payload: str, schema: str) -> None:
         super().__init__()
@@ -70,6 +73,7 @@ class GaplessNotifyBatch(Command):
     __slots__ = ("channels", "payloads", "schema")
 
     needs_session = True
+    any_session = True
 
     def __init__(self, channels: list[str], payloads: list[str], schema: str) -> None:
         super().__init__()

@@ -12,7 +12,11 @@ notifications from the oldest and takes out those that may be delivered now:
 * otherwise (a later position: notifications were missed; or a payload too big for the
   NOTIFY): a :class:`~._commands.CatchUp` read of everything after ``last`` is queued, and the
   walk stops there. Nothing behind it is delivered until the read is back: a channel that is
-  catching up holds up delivery (of every channel, which keeps this simple and correct).
+  catching up holds up delivery (of every channel, which keeps this simple and correct). If
+  that read shows the server's counter below the notification's position (a NOTIFY forged
+  with ``pg_notify()``, or one sent before the log was reset), the notification is dropped
+  (one warning per channel, counted in ``stats().gapless_stale``): a read is never repeated
+  for the same notification, so such a NOTIFY cannot stall delivery.
 
 After every new session (``Delivery.new_session``) and whenever a gap-free channel starts being
 LISTENed, a catch-up read runs before any live notification of the channel is delivered: it
@@ -52,6 +56,7 @@ from ._sql import (
     CATCH_UP_MAX_ROWS,
     MARKER,
     catch_up_statement,
+    log_tag,
     report_statement,
 )
 
@@ -74,6 +79,8 @@ class _Channel:
     """One gap-free channel's reading state (dispatcher thread)."""
 
     __slots__ = (
+        "claim",
+        "claimed",
         "failure",
         "failures",
         "last",
@@ -81,8 +88,10 @@ class _Channel:
         "more",
         "name",
         "reading",
+        "refuted",
         "reported",
         "retry_at",
+        "stale_warned",
         "token",
         "warned",
     )
@@ -100,6 +109,10 @@ class _Channel:
         self.retry_at = 0.0
         self.reported: int | None = None
         self.warned = False
+        self.claim: Any = None  # the live notification whose position the current read seeks
+        self.claimed = 0  # its position
+        self.refuted: Any = None  # a live notification a read showed the server never reached
+        self.stale_warned = False
 
 
 class Sequencer:
@@ -134,12 +147,17 @@ class Sequencer:
         self._catch_up_sql = catch_up_statement(config.schema)
         self._report_sql = report_statement(config.schema)
         self._hold = config.window
+        self._tag = log_tag(config.schema)
+        self._foreign_logged: set[str] = set()
         self._known = threading.Condition()
         """Notified when a read sets a channel's first position, or fails."""
         self.skipped = 0
         """Live notifications dropped because a read had delivered them already."""
         self.gaps = 0
         """Gaps found (``gap`` signals sent)."""
+        self.stale = 0
+        """Live notifications dropped because the server's counter never reached their
+        position (a forged NOTIFY, or one sent before the log was reset)."""
 
     # ---------------------------------------------------------------- any thread
 
@@ -195,6 +213,7 @@ class Sequencer:
             state.more = False
             state.failures = 0
             state.token += 1  # reads queued for the old session are obsolete
+            state.claim = state.refuted = None
         self._routes_version = -1
         self._listened_any = False
         self._next_alive = 0.0
@@ -220,7 +239,7 @@ class Sequencer:
                 break
             entry = self._parse(notification, state)
             if entry is None:
-                take()
+                take()  # not one of this log's (a plain NOTIFY, or another schema's log)
                 continue
             last = state.last
             assert last is not None  # set by the read that ended `reading`
@@ -232,8 +251,14 @@ class Sequencer:
                 take()
                 state.last = position
                 put(entry)
+            elif notification is state.refuted:
+                take()  # a read found the server's counter below it: it never committed there
+                state.refuted = None
+                self._drop_stale(state, position)
             else:
-                self._start_read(state)  # missed some, or the payload is in the row only
+                # Missed some, or the payload is in the row only. The read settles this
+                # notification: it delivers its position, or shows the server never had it.
+                self._start_read(state, notification, position)
                 break
         return out
 
@@ -282,6 +307,9 @@ class Sequencer:
         state.failures = 0
         state.failure = None
         state.reported = after
+        if state.claim is not None and counter < state.claimed:
+            state.refuted = state.claim  # committed before this read, yet not on the server
+        state.claim = None
         if state.last is not None and counter < state.last:
             log.warning(
                 "gap-free channel %r is at position %d on the server, behind the %d delivered "
@@ -364,8 +392,12 @@ class Sequencer:
                     else:
                         self._retrying = True
 
-    def _start_read(self, state: _Channel) -> None:
+    def _start_read(self, state: _Channel, claim: Any = None, claimed: int = 0) -> None:
+        """Queue a read of ``state``'s channel; ``claim``: the live notification (at position
+        ``claimed``) that asks for it, if any (it was received, so committed, before the read
+        runs: a read whose counter is below ``claimed`` proves it stale)."""
         state.reading = True
+        state.claim, state.claimed = claim, claimed
         state.token += 1
         # At the front: it holds up delivery, so it goes before callers' commands.
         self._control.queue.appendleft(CatchUp(self, state.name, state.token))
@@ -382,6 +414,20 @@ class Sequencer:
                 state.more = False
                 self._start_read(state)
 
+    def _drop_stale(self, state: _Channel, position: int) -> None:
+        self.stale += 1
+        if state.stale_warned:
+            log.debug("dropped a stale notification at position %d of %r", position, state.name)
+            return
+        state.stale_warned = True
+        log.warning(
+            "dropped a notification at position %d on gap-free channel %r: the server's "
+            "counter never reached it (a NOTIFY forged with pg_notify(), or sent before the log "
+            "was reset); such ones are dropped and counted in stats().gapless_stale",
+            position,
+            state.name,
+        )
+
     def _gap(self, state: _Channel, missing: range) -> None:
         self.gaps += 1
         log.warning(
@@ -395,17 +441,30 @@ class Sequencer:
 
     def _parse(self, notification: Any, state: _Channel) -> GaplessNotification | int | None:
         """The entry to deliver, or just its position (the payload is in the row), or
-        ``None`` for a notification that is not a gap-free one (sent with plain NOTIFY)."""
+        ``None`` for a notification that is not one of this log's: sent with plain NOTIFY
+        (warned once), or numbered by another schema's log (its tag differs: logged once at
+        debug level). A payload without a tag comes from a log installed before tags existed,
+        and is taken as this log's."""
         if type(notification) is GaplessNotification:
             return notification
         payload: str = notification.payload
         if payload.startswith(MARKER):
-            head, colon, body = payload[_MARKER_LENGTH:].partition(":")
-            if head.isdigit() and head.isascii():
-                position = int(head)
-                if not colon:
+            rest = payload[_MARKER_LENGTH:]
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            if 0 < digits <= 19:  # a bigint
+                position, rest = int(rest[:digits]), rest[digits:]
+                if rest.startswith("@"):  # the log's tag
+                    tag = self._tag
+                    if not rest.startswith(tag):
+                        self._foreign(state)
+                        return None
+                    rest = rest[len(tag) :]
+                if not rest:
                     return position
-                return GaplessNotification(notification.channel, body, notification.pid, position)
+                if rest.startswith(":"):
+                    return GaplessNotification(
+                        notification.channel, rest[1:], notification.pid, position
+                    )
         if not state.warned:
             state.warned = True
             log.warning(
@@ -417,6 +476,17 @@ class Sequencer:
             )
         return None
 
+    def _foreign(self, state: _Channel) -> None:
+        """A notification of the channel numbered by another log (another schema's)."""
+        if state.name not in self._foreign_logged:
+            self._foreign_logged.add(state.name)
+            log.debug(
+                "ignoring notifications on gap-free channel %r numbered by another log than "
+                "schema %r's (each such one is ignored)",
+                state.name,
+                self._config.schema,
+            )
+
     # ---------------------------------------------------------------- reports
 
     def _report_if_due(self) -> None:
@@ -424,18 +494,27 @@ class Sequencer:
         if now < self._next_report:
             return
         self._next_report = now + REPORT_CHANGED_SECONDS
-        positions = {
-            state.name: state.last
-            for state in self._channels.values()
-            if state.listened and state.last is not None
-        }
+        positions = self._reportable(self._channels.values())
         changed = any(self._channels[name].reported != last for name, last in positions.items())
         if positions and (changed or now >= self._next_alive):
             self._next_alive = now + REPORT_ALIVE_SECONDS
             self._control.queue.append(Report(self, positions))
 
+    def _reportable(self, states: Iterable[_Channel]) -> dict[str, int]:
+        """The positions to record: a channel being read is left out, as its read registers
+        the reader itself, from a position it checks against the server's counter."""
+        return {
+            state.name: state.last
+            for state in states
+            if state.listened and not state.reading and state.last is not None
+        }
+
     def report_statement(self, command: Report) -> Statement | None:
-        """The report's SQL."""
+        """The report's SQL, with the positions as they are now (a read since the report was
+        queued may have corrected them); ``None`` when there is none left to record."""
+        command.positions = self._reportable(self._channels[name] for name in command.positions)
+        if not command.positions:
+            return None
         return self._report_sql, {
             "reader": self._config.reader,
             "hold": self._hold,

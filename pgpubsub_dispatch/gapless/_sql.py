@@ -49,6 +49,7 @@ __all__ = [
     "MARKER",
     "catch_up_statement",
     "install_statements",
+    "log_tag",
     "notify_batch_statement",
     "notify_statement",
     "prune_statement",
@@ -56,9 +57,22 @@ __all__ = [
 ]
 
 MARKER = "pgpubsub-gapless:"
-"""How the NOTIFY payload of a gap-free notification begins: ``MARKER + position`` alone when
-the payload did not fit (it is then read from the log), ``MARKER + position + ":" + payload``
-when it did (fewer than 8000 bytes in all)."""
+"""How the NOTIFY payload of a gap-free notification begins: ``MARKER + position + tag`` alone
+when the payload did not fit (it is then read from the log), ``MARKER + position + tag + ":" +
+payload`` when it did (fewer than 8000 bytes in all). ``tag`` names the log (:func:`log_tag`),
+since two logs (schemas) may number the same channel: a NOTIFY reaches every listener of the
+channel whatever log it came from. A log installed before tags existed writes no tag (run
+``install`` again to add it)."""
+
+
+def log_tag(schema: str) -> str:
+    """The tag naming the log of ``schema`` in its NOTIFY payloads: ``@<length>:<schema>``.
+
+    The length (in characters) makes it unambiguous whatever characters the schema holds: a
+    payload that goes on with ``log_tag(schema) + ":"`` or ends with it comes from that log.
+    """
+    return f"@{len(schema)}:{schema}"
+
 
 CATCH_UP_MAX_ROWS = 1000
 """Most rows one catch-up read returns (the dispatcher reads again for the rest)."""
@@ -87,9 +101,9 @@ BEGIN
     RETURNING c.last_position INTO taken;
     INSERT INTO {log} (channel, position, payload, sender_pid, created_at)
     VALUES ($1, taken, coalesce($2, ''), pg_backend_pid(), now());
-    message := {marker} || taken || ':' || coalesce($2, '');
+    message := {marker} || taken || {tag} || ':' || coalesce($2, '');
     IF octet_length(message) >= 8000 THEN
-        message := {marker} || taken;  -- too big for NOTIFY: the reader takes it from the log
+        message := {marker} || taken || {tag};  -- too big: the reader takes it from the log
     END IF;
     PERFORM pg_notify($1, message);
     RETURN taken;
@@ -131,6 +145,7 @@ def _names(schema: str) -> dict[str, sql.Composable]:
         "notify": sql.Identifier(schema, "pgpubsub_notify"),
         "prune": sql.Identifier(schema, "pgpubsub_prune"),
         "marker": sql.Literal(MARKER),
+        "tag": sql.Literal(log_tag(schema)),
     }
 
 
@@ -211,7 +226,10 @@ WITH counter AS (
     SELECT coalesce(max(last_position), 0) AS value
       FROM {channels} WHERE channel = %(channel)s
 ), start AS (
-    SELECT coalesce(%(after)s::bigint, value) AS after FROM counter
+    -- Never above the counter: if the positions on the server went back (a reset log, a
+    -- failover that lost rows, a `since` too high), the reader goes on from the counter, and
+    -- its registration must protect the rows taken from there at once.
+    SELECT least(coalesce(%(after)s::bigint, value), value) AS after FROM counter
 ), registered AS (
     INSERT INTO {readers} AS r (reader, channel, position, seen_at, hold)
     SELECT %(reader)s, %(channel)s, start.after, now(),
@@ -243,10 +261,10 @@ SELECT (SELECT value FROM counter),
 def catch_up_statement(schema: str) -> sql.Composable:
     """Read a channel's rows after a position, and register the reader, in one round trip.
 
-    Parameters (a dict): ``channel``, ``after`` (``None``: from the channel's current
-    position), ``reader``, ``hold`` (seconds or ``None``), ``max_rows``, ``max_bytes``. One
-    row: the channel's counter, the position read from, 1 (registered), and three arrays:
-    positions, payloads, sender pids, in position order.
+    Parameters (a dict): ``channel``, ``after`` (``None``, or beyond the counter: from the
+    channel's current position), ``reader``, ``hold`` (seconds or ``None``), ``max_rows``,
+    ``max_bytes``. One row: the channel's counter, the position read from (as registered), 1
+    (registered), and three arrays: positions, payloads, sender pids, in position order.
     """
     return sql.SQL(_CATCH_UP).format(**_names(schema))
 
