@@ -77,6 +77,7 @@ class Hearing:
         :raises DispatcherStopped: if ``stop()`` is called meanwhile.
         """
         probe = self.probe
+        session.expecting_probe = True
         probe.begin(session.params)
         while True:
             verdict = probe.verdict(session.heard)
@@ -110,6 +111,7 @@ class Hearing:
         probe.finish(frequent=counters.pooler or verdict is not Verdict.HEARD)
         session.heard.clear()
         if verdict is Verdict.HEARD:
+            session.expecting_probe = False  # it came: no other is on its way
             log.debug("the probe's notification arrived (backend pid %d)", session.backend_pid)
             if counters.deaf:
                 counters.deaf = False
@@ -148,6 +150,7 @@ class Hearing:
         probe = self.probe
         if not probe.running:
             if probe.due is not None and time.monotonic() >= probe.due:
+                session.expecting_probe = True
                 probe.begin(session.params)
             return
         verdict = probe.verdict(session.heard)

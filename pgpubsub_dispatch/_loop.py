@@ -672,6 +672,7 @@ class Loop:
         probe = self.hearing.probe
         if probe.after_heartbeat and not probe.running:
             assert self.session is not None
+            self.session.expecting_probe = True
             probe.begin(self.session.params)
 
     # ------------------------------------------------------------------ in place

@@ -63,6 +63,9 @@ class Session:
         self.probe_channel: str | None = None
         """Notifications on this channel are the dispatcher's probes: set aside in ``heard``."""
         self.heard: set[str] = set()
+        self.expecting_probe = True
+        """Whether a probe's notification may still arrive: only then is every notification
+        read checked for the probe channel (a cost per notification, so not otherwise)."""
         """Payloads of the probe notifications received."""
         self.inflight: Command | None = None
         """The command whose statement is on its way, or ``None``."""
@@ -201,6 +204,11 @@ class Session:
         notifies = self.conn.notifies
         if not notifies:
             return 0
+        if not self.expecting_probe:
+            count = len(notifies)
+            into.extend(notifies)
+            notifies.clear()
+            return count
         probe = self.probe_channel
         kept = [n for n in notifies if n.channel != probe]
         if len(kept) != len(notifies):
