@@ -203,7 +203,7 @@ def test_readme_is_valid_restructured_text() -> None:
     text = README.read_text(encoding="utf-8")
     try:
         docutils.core.publish_string(
-            text, writer_name="null", settings_overrides={"report_level": 2, "halt_level": 2}
+            text, writer="null", settings_overrides={"report_level": 2, "halt_level": 2}
         )
     except docutils.utils.SystemMessage as exc:
         pytest.fail(f"README.rst does not render: {exc}")
