@@ -14,67 +14,21 @@ import html.parser
 import re
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import pgpubsub_dispatch
 
+from .support.rst import Block, read_blocks
 from .support.waiting import BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 BUILD_SECONDS = 180.0
 """The build takes a few seconds; this bounds it on a slow, busy machine."""
-
-_DIRECTIVE = re.compile(r"^(?P<indent> *)\.\. code-block:: *(?P<language>\S+) *$")
-
-
-@dataclass(frozen=True)
-class Block:
-    """A ``code-block`` of a page of docs/."""
-
-    path: Path
-    language: str
-    line: int  # 1-based line number of the directive
-    body_line: int  # 1-based line number of the first line of code
-    code: str  # dedented; as many lines as in the page
-    marker: str | None  # the ``.. test: ...`` comment just before it
-
-    def __str__(self) -> str:
-        return f"docs/{self.path.name}:{self.line}"
-
-
-def read_blocks(path: Path) -> list[Block]:
-    """Every ``.. code-block::`` of the page at ``path``, with the comment that precedes it."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks = []
-    for index, line in enumerate(lines):
-        directive = _DIRECTIVE.match(line)
-        if directive is None:
-            continue
-        indent = len(directive["indent"])
-        previous = next((text.strip() for text in reversed(lines[:index]) if text.strip()), "")
-        marker = previous if previous.startswith(".. ") else None
-        start = index + 1
-        while start < len(lines) and (
-            not lines[start].strip() or lines[start].startswith(" " * (indent + 3) + ":")
-        ):
-            start += 1  # blank lines and the directive's options
-        end = start
-        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
-            end += 1
-        body = textwrap.dedent("\n".join(lines[start:end])).rstrip() + "\n"
-        blocks.append(Block(path, directive["language"], index + 1, start + 1, body, marker))
-    return blocks
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
 
 
 PAGES = sorted(DOCS.glob("*.rst"))
@@ -159,7 +113,7 @@ def test_every_python_example_is_marked_to_run_or_to_skip_with_a_reason() -> Non
 def test_docs_example_runs(block: Block, dsn: str) -> None:
     before = set(threading.enumerate())
     # Padding keeps the page's line numbers in tracebacks.
-    source = "\n" * (block.body_line - 1) + block.code
+    source = block.padded()
     namespace = {"__name__": "__docs__", "dsn": dsn}
     exec(compile(source, str(block.path), "exec"), namespace)
     left = [t for t in set(threading.enumerate()) - before if t.name.startswith("pgpubsub")]

@@ -18,10 +18,8 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import textwrap
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,58 +28,15 @@ import pgpubsub_dispatch
 from pgpubsub_dispatch import cli, compat, devserver, prometheus, triggers
 
 from .support.programs import QUICKSTART_OUTPUT
+from .support.rst import Block, read_blocks
 from .support.waiting import BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"
 CI_RUN = ROOT / ".ci" / "run"
 
-_DIRECTIVE = re.compile(r"^(?P<indent> *)\.\. code-block:: *(?P<language>\S+) *$")
 
-
-@dataclass(frozen=True)
-class Block:
-    """A ``code-block`` of README.rst."""
-
-    language: str
-    line: int  # 1-based line number of the directive
-    body_line: int  # 1-based line number of the first line of code
-    code: str  # dedented; as many lines as in the README
-    marker: str | None  # the ``.. test: ...`` or ``.. ci: ...`` comment just before it
-
-    def __str__(self) -> str:
-        return f"README.rst:{self.line}"
-
-
-def read_blocks(text: str) -> list[Block]:
-    """Every ``.. code-block::`` of ``text``, with the marker comment that precedes it."""
-    lines = text.splitlines()
-    blocks = []
-    for index, line in enumerate(lines):
-        directive = _DIRECTIVE.match(line)
-        if directive is None:
-            continue
-        indent = len(directive["indent"])
-        previous = next((text.strip() for text in reversed(lines[:index]) if text.strip()), "")
-        marker = previous if previous.startswith(".. ") else None
-        body_start = index + 1
-        while body_start < len(lines) and not lines[body_start].strip():
-            body_start += 1
-        body_end = body_start
-        while body_end < len(lines) and (
-            not lines[body_end].strip() or _indent(lines[body_end]) > indent
-        ):
-            body_end += 1
-        body = textwrap.dedent("\n".join(lines[body_start:body_end])).rstrip() + "\n"
-        blocks.append(Block(directive["language"], index + 1, body_start + 1, body, marker))
-    return blocks
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = read_blocks(README)
 PYTHON = [block for block in BLOCKS if block.language == "python"]
 RUNNABLE = [block for block in PYTHON if block.marker == ".. test: run"]
 
@@ -101,7 +56,7 @@ def test_every_python_example_is_marked_to_run_or_to_skip_with_a_reason() -> Non
 def test_readme_example_runs(block: Block, dsn: str) -> None:
     before = set(threading.enumerate())
     # Padding keeps README.rst's line numbers in tracebacks.
-    source = "\n" * (block.body_line - 1) + block.code
+    source = block.padded()
     namespace = {"__name__": "__readme__", "dsn": dsn}
     exec(compile(source, str(README), "exec"), namespace)
     left = [t for t in set(threading.enumerate()) - before if t.name.startswith("pgpubsub")]
