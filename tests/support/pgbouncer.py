@@ -92,8 +92,11 @@ class PgBouncer:
     def start(self) -> None:
         """Start it and wait until it accepts clients.
 
-        :raises RuntimeError: if it exits or does not answer within the tests' bound.
+        :raises RuntimeError: if it exits or does not answer within the tests' bound, or runs
+            already (a second process would be left behind by close()).
         """
+        if self._proc is not None:
+            raise RuntimeError("this PgBouncer runs already")
         with self._log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [pgbouncer_binary(), str(self._ini)],
@@ -158,7 +161,8 @@ class PgBouncer:
             shutil.rmtree(self._dir)
 
     def __enter__(self) -> PgBouncer:
-        self.start()
+        if self._proc is None:  # started already (as by test_poolers.pooler()): once is enough
+            self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
