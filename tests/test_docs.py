@@ -11,18 +11,15 @@
 from __future__ import annotations
 
 import html.parser
-import re
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 import pgpubsub_dispatch
 
-from .support.rst import Block, read_blocks
+from .support.rst import Block, read_blocks, run, unmarked
 from .support.waiting import BOUND
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,25 +96,11 @@ def test_api_reference_documents_every_public_name(html_build: Path) -> None:
 
 
 def test_every_python_example_is_marked_to_run_or_to_skip_with_a_reason() -> None:
-    unmarked = [
-        str(block)
-        for block in PYTHON
-        if block.marker != ".. test: run"
-        and not re.fullmatch(r"\.\. test: skip \(.+\)", block.marker or "")
-    ]
-    assert not unmarked, f"mark these '.. test: run' or '.. test: skip (why)': {unmarked}"
+    missing = unmarked(PYTHON)
+    assert not missing, f"mark these '.. test: run' or '.. test: skip (why)': {missing}"
     assert len(RUNNABLE) >= 10
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=str)
 def test_docs_example_runs(block: Block, dsn: str) -> None:
-    before = set(threading.enumerate())
-    # Padding keeps the page's line numbers in tracebacks.
-    source = block.padded()
-    namespace = {"__name__": "__docs__", "dsn": dsn}
-    exec(compile(source, str(block.path), "exec"), namespace)
-    left = [t for t in set(threading.enumerate()) - before if t.name.startswith("pgpubsub")]
-    deadline = time.monotonic() + BOUND
-    for thread in left:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not [t for t in left if t.is_alive()], f"{block} left a dispatcher running"
+    assert not run(block, dsn, BOUND), f"{block} left a dispatcher running"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import textwrap
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Block", "read_blocks"]
+__all__ = ["Block", "read_blocks", "run", "unmarked"]
 
 _DIRECTIVE = re.compile(r"^(?P<indent> *)\.\. code-block:: *(?P<language>\S+) *$")
 
@@ -62,3 +64,28 @@ def read_blocks(path: Path) -> list[Block]:
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
+
+
+def unmarked(blocks: list[Block]) -> list[str]:
+    """The Python blocks marked neither ``.. test: run`` nor ``.. test: skip (why)``."""
+    return [
+        str(block)
+        for block in blocks
+        if block.language == "python"
+        and block.marker != ".. test: run"
+        and not re.fullmatch(r"\.\. test: skip \(.+\)", block.marker or "")
+    ]
+
+
+def run(block: Block, dsn: str, bound: float) -> list[threading.Thread]:
+    """Execute ``block`` in a fresh namespace holding ``dsn`` (tracebacks point at the page's
+    own lines); return the dispatcher threads it started that are still alive ``bound``
+    seconds later (none, for an example that cleans up after itself)."""
+    before = set(threading.enumerate())
+    namespace = {"__name__": "__example__", "dsn": dsn}
+    exec(compile(block.padded(), str(block.path), "exec"), namespace)
+    left = [t for t in set(threading.enumerate()) - before if t.name.startswith("pgpubsub")]
+    deadline = time.monotonic() + bound
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in left if t.is_alive()]
