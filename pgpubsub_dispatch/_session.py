@@ -196,6 +196,11 @@ class Session:
         :raises psycopg2.Error: what the server or the connection reported.
         """
         state: int = self.conn.poll()
+        if state == POLL_OK and self.inflight is not None:
+            # A notification that came in the same read as the statement's result sits in
+            # libpq's buffer, unparsed, and the socket shows nothing more to read: one more
+            # poll (the connection now idle) parses it, else it waits for the next statement.
+            self.conn.poll()
         self.waits_for = state
         return state
 
