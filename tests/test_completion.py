@@ -1,7 +1,7 @@
 """How a caller waits for its command: the Completion the dispatcher resolves (no server needed).
 
-A transaction's callers are woken one after another; a caller that gave up (timed out) in
-the middle of the chain must not keep the ones after it waiting.
+A transaction's callers are all woken; a caller that gave up (timed out) must not keep the
+others waiting, and learns the outcome if it asks again.
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ def test_result_times_out_while_nothing_is_set() -> None:
         Completion().result(0.01)
 
 
+def test_result_of_a_cancelled_completion_raises_at_once_even_without_timeout() -> None:
+    cancelled = Completion()
+    assert cancelled.cancel()
+    with pytest.raises(CancelledError):
+        cancelled.result(None)  # would wait forever if it waited for a release
+
+
 def test_cancel_wins_only_before_it_is_taken() -> None:
     untaken, taken = Completion(), Completion()
     assert untaken.cancel() and untaken.cancelled()
@@ -68,7 +75,7 @@ def test_finish_all_wakes_every_waiter_of_a_transaction() -> None:
     assert results == ["committed"] * 16
 
 
-def test_a_waiter_that_gave_up_does_not_hold_up_the_rest_of_the_chain() -> None:
+def test_a_waiter_that_gave_up_does_not_hold_up_the_others() -> None:
     first, gave_up, last = Completion(), Completion(), Completion()
     with pytest.raises(FutureTimeout):
         gave_up.result(0.01)  # its caller timed out and left
