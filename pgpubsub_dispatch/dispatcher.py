@@ -715,7 +715,30 @@ class Dispatcher:
             return thread
 
     def _submit(self, command: Command, timeout: float | None) -> None:
-        """Have the dispatcher thread run ``command``; record it instead when not running."""
+        """Have the dispatcher thread run ``command``; record it instead when not running.
+
+        The path of every ``notify()`` from an application thread of a running dispatcher is
+        kept short (queue, wake, wait); every other case is :meth:`_submit_all`'s.
+        """
+        control = self._control
+        if (
+            control.state is State.RUNNING
+            and control.loop_ident != threading.get_ident()
+            and not self._loop.delivery.in_executor_task()
+        ):
+            checked = _timeouts.check_timeout(timeout)
+            deadline = _timeouts.deadline(checked)
+            with control.lock:
+                waker = control.waker if control.state is State.RUNNING else None
+                if waker is not None:
+                    control.queue.append(command)
+            if waker is not None:
+                # Outside the lock: a write to the wake-up socket lets other threads run, and
+                # they would queue up on the lock meanwhile. A waker closed since then (the
+                # dispatcher stopped) ignores it; the stopping thread fails what was queued.
+                waker.wake()
+                self._wait_for(command, deadline, checked)
+                return
         self._submit_all([command], timeout)
 
     def _submit_all(self, commands: Sequence[Command], timeout: float | None) -> None:
