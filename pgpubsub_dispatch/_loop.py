@@ -427,8 +427,6 @@ class Loop:
                     self._heartbeat_if_due()
                 if session.inflight is None:
                     self.hearing.if_due(session, self._poll, self.delivery.backpressure)
-            if self._completed:
-                self._tell_callers()
             if session.inflight is None:
                 self._deliver()
                 if control.stop_requested or control.lost is not None or control.queue:
@@ -450,6 +448,10 @@ class Loop:
             else:
                 reads.append(conn_fd)
             side_fd = side.watch(reads, writes)
+            if self._completed:
+                # Last thing before waiting: a woken caller needs the GIL, which this thread
+                # gives up in wait(); told earlier, it would wait for the GIL a second time.
+                self._tell_callers()
             ready = wait(reads, writes, timeout)
             if wake_fd in ready:
                 waker.drain()
