@@ -417,7 +417,7 @@ def gather_notifies(
         if pair in taken:
             break
         queue.popleft()
-        if candidate.take():
+        if candidate.future.set_running_or_notify_cancel():  # take() of a first try
             batch.append(candidate)
             taken.add(pair)
     return first if len(batch) == 1 else NotifyBatch(batch)

@@ -724,10 +724,9 @@ class Dispatcher:
         if (
             control.state is State.RUNNING
             and control.loop_ident != threading.get_ident()
-            and not self._loop.delivery.in_executor_task()
+            and (self._loop.delivery.work is None or not self._loop.delivery.in_executor_task())
         ):
-            checked = _timeouts.check_timeout(timeout)
-            deadline = _timeouts.deadline(checked)
+            checked = None if timeout is None else _timeouts.check_timeout(timeout)
             with control.lock:
                 waker = control.waker if control.state is State.RUNNING else None
                 if waker is not None:
@@ -737,7 +736,7 @@ class Dispatcher:
                 # they would queue up on the lock meanwhile. A waker closed since then (the
                 # dispatcher stopped) ignores it; the stopping thread fails what was queued.
                 waker.wake()
-                self._wait_for(command, deadline, checked)
+                self._wait_for(command, _timeouts.deadline(checked), checked)
                 return
         self._submit_all([command], timeout)
 
@@ -777,7 +776,7 @@ class Dispatcher:
 
     def _wait_for(self, command: Command, deadline: float | None, timeout: float | None) -> None:
         try:
-            command.future.result(_timeouts.remaining(deadline))
+            command.future.result(None if deadline is None else _timeouts.remaining(deadline))
         except FutureTimeout:
             if command.future.done() and not command.future.cancelled():
                 command.future.result(0)  # the command's own error (may be a TimeoutError)

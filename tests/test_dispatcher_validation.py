@@ -123,6 +123,24 @@ def test_payload_limits_counted_in_bytes(bus: Dispatcher, dsn: str) -> None:
     assert len(got.items) == 2
 
 
+def test_plain_ascii_limits_on_both_sides(bus: Dispatcher) -> None:
+    # Plain ASCII takes a shorter check in notify(): the same limits, to the byte.
+    channel = (unique() + "c" * 63)[:63]
+    got = Collector()
+    bus.subscribe(channel, got)
+    bus.notify(channel, "a" * 7999)
+    assert got.wait(1)[0].payload == "a" * 7999
+    for bad_channel in [channel + "c", "", "nul\x00"]:
+        with pytest.raises(InvalidChannelName):
+            bus.notify(bad_channel, "a")
+    with pytest.raises(PayloadTooLarge):
+        bus.notify(channel, "a" * 8000)
+    with pytest.raises(ValueError, match="NUL"):
+        bus.notify(channel, "a\x00")
+    bus.notify(channel, "after errors")
+    assert [n.payload for n in got.wait(2)] == ["a" * 7999, "after errors"]
+
+
 def test_multibyte_channel_limit_on_both_sides_of_63_bytes(bus: Dispatcher, sender: Any) -> None:
     fits = "ж" * 31 + "z"  # 63 bytes
     too_long = "ж" * 32  # 64 bytes, 32 characters
