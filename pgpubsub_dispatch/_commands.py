@@ -45,6 +45,7 @@ __all__ = [
     "Unlisten",
     "Unsubscribe",
     "gather_notifies",
+    "text_array",
 ]
 
 Statement = tuple["str | sql.Composable", Any]
@@ -294,8 +295,8 @@ class NotifyBatch(Command):
         return "notify"
 
     def statement(self, routes: Routes) -> Statement | None:
-        channels = [notify.channel for notify in self.notifies]
-        payloads = [notify.payload for notify in self.notifies]
+        channels = text_array([notify.channel for notify in self.notifies])
+        payloads = text_array([notify.payload for notify in self.notifies])
         return _NOTIFY_BATCH_SQL, (channels, payloads)
 
     def resolve(self, result: Any) -> None:
@@ -316,6 +317,19 @@ class NotifyBatch(Command):
     def stopped(self, error: DispatcherStopped) -> None:
         for notify in self.notifies:
             notify.stopped(error)
+
+
+def text_array(texts: list[str]) -> str:
+    """The ``text[]`` literal of ``texts``, none of which holds NUL (checked names and payloads).
+
+    psycopg2 adapts a Python list element by element (about 4 µs each: a dispatcher thread
+    sending 15 notifies spent 56 µs on it); here every element is quoted, its backslashes and
+    double quotes escaped (PostgreSQL's array input syntax), in three replaces over one string.
+    """
+    if not texts:
+        return "{}"
+    joined = "\x00".join(texts)  # NUL cannot occur inside: it marks the boundaries
+    return '{"' + joined.replace("\\", "\\\\").replace('"', '\\"').replace("\x00", '","') + '"}'
 
 
 class QueueUsage(Command):

@@ -620,6 +620,13 @@ class Loop:
             self._deliver()
         finally:
             self._completed.append((command, result))
+        if self._control.queue:
+            # Other calls wait (contention): tell these callers now, before the next statement
+            # is built and sent, so that they run, and queue their next calls, meanwhile. Told
+            # after it, they held this thread up behind them for the GIL when the answer came:
+            # 8 threads 1.39 -> 1.65, 32 threads 2.16 -> 2.47 times the bare rate (medians of
+            # 5 interleaved runs). Nothing queued: see _serve (told just before waiting).
+            self._tell_callers()
 
     def _tell_callers(self) -> None:
         """Resolve the commands completed since the last call.

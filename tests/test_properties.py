@@ -60,3 +60,34 @@ def test_validation_accepts_exactly_what_the_server_accepts(channel: str) -> Non
     else:
         with pytest.raises(InvalidChannelName):
             bus.signal(channel)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from(["batch a", 'batch "b"', "batch\\c", "batch {d},e"]),
+            st.text(
+                alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                max_size=100,
+            ),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_any_batch_of_notifies_round_trips_in_order(
+    module_bus: Dispatcher, pairs: list[tuple[str, str]]
+) -> None:
+    # notify_many queues them together, so they share transactions (one statement each): every
+    # channel and payload goes through the batch's text[] literals, quotes and backslashes too.
+    got = Collector()
+    channels = sorted({channel for channel, _ in pairs})
+    for channel in channels:
+        module_bus.subscribe(channel, got)
+    try:
+        module_bus.notify_many(pairs)
+        assert [(n.channel, n.payload) for n in got.items] == pairs
+    finally:
+        for channel in channels:
+            module_bus.unsubscribe(channel, got)
