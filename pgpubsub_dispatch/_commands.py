@@ -93,6 +93,10 @@ class Command:
     """``True``: it can only remove routes (unlisten, unsubscribe), so it may take effect in
     the routing table at once, its statement following when the listening session is free."""
 
+    has_caller = True
+    """``False`` for the dispatcher's own commands (heartbeat, catch-ups): nobody waits for
+    them, so they are settled as soon as they complete, never held back with the callers'."""
+
     def __init__(self) -> None:
         self.future = Completion()
         self.from_handler = False
@@ -357,6 +361,8 @@ class Heartbeat(Command):
 
     __slots__ = ()
 
+    has_caller = False
+
     def statement(self, routes: Routes) -> Statement | None:
         return _HEARTBEAT_SQL, None
 
@@ -375,6 +381,8 @@ class Resync(Command):
     """
 
     __slots__ = ("listen", "unlisten")
+
+    has_caller = False
 
     def __init__(self, listen: frozenset[str], unlisten: frozenset[str]) -> None:
         super().__init__()

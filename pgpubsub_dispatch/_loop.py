@@ -619,8 +619,11 @@ class Loop:
         try:
             self._deliver()
         finally:
-            self._completed.append((command, result))
-        if self._control.queue:
+            if command.has_caller:
+                self._completed.append((command, result))
+            else:
+                command.resolve(result)  # nobody waits; what it settles (detour) is settled now
+        if self._completed and self._control.queue:
             # Other calls wait (contention): tell these callers now, before the next statement
             # is built and sent, so that they run, and queue their next calls, meanwhile. Told
             # after it, they held this thread up behind them for the GIL when the answer came:

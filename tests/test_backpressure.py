@@ -192,7 +192,8 @@ def test_channel_changes_from_handlers_under_backpressure_never_deadlock(
     release = threading.Event()
     returned = threading.Event()
     late, left = Collector(), Collector()
-    with Dispatcher(dsn, executor=pool, max_pending=5) as bus:
+    # No heartbeat within the test: a call the loop forgot would wait for it (10 s by default).
+    with Dispatcher(dsn, executor=pool, max_pending=5, heartbeat_interval=600) as bus:
         bus.subscribe(gone, left)
 
         def changes(notification: Any) -> None:

@@ -134,6 +134,8 @@ class _Own(Command):
 
     __slots__ = ()
 
+    has_caller = False
+
     def record(self, routes: Routes) -> None:
         """No session: nothing to do (the sequencer starts afresh on the next session)."""
 
