@@ -25,7 +25,7 @@ from ._executor import ChannelWork
 from ._routing import Handler, Routes
 from ._stats import Counters
 
-__all__ = ["Delivery", "Halting", "Sequencing", "send_signal"]
+__all__ = ["Delivery", "Sequencing", "send_signal"]
 
 log = logging.getLogger("pgpubsub_dispatch")
 
@@ -41,23 +41,6 @@ class Sequencing(Protocol):
 
     def session_started(self) -> None:
         """A new session LISTENs."""
-
-
-class Halting(Protocol):
-    """What tells delivery to stop part-way (a :class:`~pgpubsub_dispatch._control.Control`)."""
-
-    stop_requested: bool
-    lost: BaseException | None
-
-
-class _NeverHalted:
-    """An executor's channel task runs to its end: nothing halts it."""
-
-    stop_requested = False
-    lost: BaseException | None = None
-
-
-_NEVER_HALTED = _NeverHalted()
 
 
 class Delivery:
@@ -159,7 +142,7 @@ class Delivery:
                 version = routes.version  # read before the table: a change publishes it last
                 handlers = routes.table.get(pending[0].channel, ())
                 if handlers:
-                    dispatched += self.call_all(handlers, pending, version, control)
+                    dispatched += self.call_all(handlers, pending, version)
                 else:
                     pending.popleft()
                     dropped += 1
@@ -185,14 +168,13 @@ class Delivery:
             if not handlers:  # unrouted meanwhile (forget() dropped what was still queued)
                 notifications.clear()
                 return
-            self.call_all(handlers, notifications, version, _NEVER_HALTED)
+            self.call_all(handlers, notifications, version)
 
     def call_all(
         self,
         handlers: tuple[Handler, ...],
         notifications: collections.deque[Any],
         version: int,
-        control: Halting,
     ) -> int:
         """Take the notifications at the head of ``notifications`` that are on the first one's
         channel, and call each of ``handlers`` with each, in order, each call isolated.
@@ -206,12 +188,14 @@ class Delivery:
         call changes the routing (an in-place ``unsubscribe`` or ``unlisten``), the handlers
         after it are called only if still routed for the channel.
 
+        The run ends as soon as the routing table's version moves: a change of the table, but
+        also ``stop()`` and a session lost in place, which bump it (:meth:`Routes.interrupt`),
+        so that one check per notification covers all three.
+
         :param handlers: the channel's handlers, looked up in the routing table of ``version``.
         :param notifications: taken from the left, and only while on the same channel.
-        :param version: the routing table's version when ``handlers`` were looked up; the run
-            ends when it changes (the caller looks the handlers up again).
-        :param control: the run also ends when ``stop_requested`` or ``lost`` is set.
-        :returns: how many notifications were taken (``int``), at least one unless halted.
+        :param version: the routing table's version when ``handlers`` were looked up.
+        :returns: how many notifications were taken (``int``), at least one.
         """
         routes = self._routes
         channel = notifications[0].channel
@@ -219,17 +203,23 @@ class Delivery:
         before = len(notifications)
         if len(handlers) == 1:  # the common case, without the inner loop (measured: -30 %)
             (handler,) = handlers
-            while notifications and notifications[0].channel == channel:
+            while notifications:
                 notification = popleft()
+                if notification.channel != channel:
+                    notifications.appendleft(notification)  # the next run's
+                    break
                 try:
                     handler(notification)
                 except BaseException as error:
                     self.report(handler, notification, error)
-                if routes.version != version or control.stop_requested or control.lost:
+                if routes.version != version:
                     break
             return before - len(notifications)
-        while notifications and notifications[0].channel == channel:
+        while notifications:
             notification = popleft()
+            if notification.channel != channel:
+                notifications.appendleft(notification)
+                break
             for handler in handlers:
                 if routes.version != version and handler not in routes.table.get(channel, ()):
                     continue
@@ -237,7 +227,7 @@ class Delivery:
                     handler(notification)
                 except BaseException as error:
                     self.report(handler, notification, error)
-            if routes.version != version or control.stop_requested or control.lost:
+            if routes.version != version:
                 break
         return before - len(notifications)
 

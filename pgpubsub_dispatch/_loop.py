@@ -714,6 +714,7 @@ class Loop:
             self._tell_callers()
         except SessionLost as lost:
             control.lost = lost  # the loop reconnects once the handler returns
+            self.routes.interrupt()  # and delivers nothing more meanwhile
             if command.needs_session:
                 raise NotConnected(f"the connection was lost: {lost.reason}") from lost.reason
             command.interrupted(lost.reason, self.routes)

@@ -67,7 +67,7 @@ class Routes:
         """Channel -> handlers to call in order (a signal's receivers last, as one
         :class:`SignalReceivers`), for channels LISTENed now (published snapshot)."""
         self.version = 0
-        """Bumped by every change of :attr:`table`."""
+        """Bumped by every change of :attr:`table`, and by :meth:`interrupt`."""
         self.on_unroute: Callable[[str], None] = _ignore
         """Called (inside the lock) with a channel that stops being routed."""
         self.call_one: Callable[[Handler, Any], None] = _call_plainly
@@ -212,6 +212,13 @@ class Routes:
         if routed:
             self.on_unroute(channel)
         return routed
+
+    def interrupt(self) -> None:
+        """Bump :attr:`version` with the table unchanged: a delivery run in progress ends
+        after its current call (``stop()`` was requested, or the session was lost in place),
+        the one check it makes per notification. Any thread."""
+        with self._lock:
+            self.version += 1
 
     def _publish(self, channel: str | None) -> None:
         """Publish a new table: ``channel``'s entry redone, or every entry for ``None``."""

@@ -710,6 +710,7 @@ class Dispatcher:
             if control.state is not State.STOPPING:
                 control.state = State.STOPPING
                 control.stop_requested = True
+                self._routes.interrupt()  # a delivery run ends after its current handler call
                 if control.waker is not None:
                     control.waker.wake_now()
             return thread

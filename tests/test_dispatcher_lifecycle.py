@@ -129,6 +129,52 @@ def test_stop_from_inside_a_handler(dsn: str, sender: Any) -> None:
     assert not bus.running
 
 
+def test_stop_in_a_handler_ends_delivery_of_what_was_read_with_it(dsn: str, sender: Any) -> None:
+    # Five notifications committed together arrive in one read: the handler that stops the
+    # dispatcher on the first is not called for the other four.
+    channel = unique()
+    bus = Dispatcher(dsn)
+    payloads: list[str] = []
+
+    @bus.on(channel)
+    def stop_at_once(notification: Any) -> None:
+        payloads.append(notification.payload)
+        bus.stop()
+
+    bus.start(timeout=BOUND)
+    with sender.cursor() as cur:
+        cur.execute("SELECT pg_notify(%s, g::text) FROM generate_series(1, 5) AS g", (channel,))
+    wait_until(lambda: not bus.running, "the dispatcher stopped")
+    assert payloads == ["1"]
+
+
+def test_stop_from_another_thread_ends_delivery_after_the_handler_running(
+    dsn: str, sender: Any
+) -> None:
+    channel = unique()
+    bus = Dispatcher(dsn)
+    payloads: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    @bus.on(channel)
+    def blocked(notification: Any) -> None:
+        payloads.append(notification.payload)
+        entered.set()
+        release.wait(BOUND)
+
+    bus.start(timeout=BOUND)
+    with sender.cursor() as cur:
+        cur.execute("SELECT pg_notify(%s, g::text) FROM generate_series(1, 5) AS g", (channel,))
+    assert entered.wait(BOUND)
+    stopper = threading.Thread(target=bus.stop, kwargs={"timeout": BOUND})
+    stopper.start()
+    wait_until(lambda: not bus.running, "stop() requested")
+    release.set()
+    stopper.join(BOUND)
+    assert not bus.running
+    assert payloads == ["1"]  # the four read with it were dropped, not delivered
+
+
 def test_calls_after_stop_fail_fast(dsn: str) -> None:
     bus = Dispatcher(dsn).start(timeout=BOUND)
     bus.stop(timeout=BOUND)
