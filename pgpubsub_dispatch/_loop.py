@@ -422,6 +422,8 @@ class Loop:
             else:
                 self._start_next_command(stalled)
                 if side.queue:
+                    if self._completed:
+                        self._tell_callers()  # opening the side session may wait
                     self.detour.start_side(waker, self._raise_if_stopping)
                 if session.inflight is None and not stalled:
                     self._heartbeat_if_due()
@@ -634,9 +636,12 @@ class Loop:
     def _tell_callers(self) -> None:
         """Resolve the commands completed since the last call.
 
-        Called once the next statement is on its way (or there is none), just before the
-        thread waits: a woken caller needs the GIL, which this thread then gives up at once,
-        and the server works on the next statement meanwhile.
+        A woken caller needs the GIL, so the moment matters: with other calls queued, at
+        completion (:meth:`_complete`: the callers run while the next statement is built);
+        otherwise just before the thread waits (it then gives the GIL up at once), and before
+        anything else that may wait (opening the side session), a lost session or stopping.
+        Commands nobody waits for are settled at completion instead (``has_caller``): the
+        loop's own state may depend on them.
         """
         completed = self._completed
         while completed:

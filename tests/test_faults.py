@@ -277,7 +277,7 @@ def test_failover_past_a_host_that_never_answers(stopped_after: Any) -> None:
         assert_delivered(server.dsn, channel, "via the second host", got)
 
 
-def _keepalive_timer_seconds(bus: Dispatcher, sender: Any, patience: float = 2.0) -> float | None:
+def _keepalive_timer_seconds(bus: Dispatcher, sender: Any, patience: float = 5.0) -> float | None:
     """Seconds left on the keepalive timer of the dispatcher's TCP socket (``None``: off).
 
     The server tells the client's port of the session; the kernel's /proc/net/tcp tells the
