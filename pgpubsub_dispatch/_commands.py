@@ -37,6 +37,7 @@ __all__ = [
     "Listen",
     "Notify",
     "NotifyBatch",
+    "Overtaken",
     "QueueUsage",
     "Resync",
     "Served",
@@ -373,6 +374,32 @@ class Heartbeat(Command):
 
     def interrupted(self, reason: BaseException, routes: Routes) -> None:
         self.future.set_result(None)  # nobody waits for it
+
+
+class Overtaken(Command):
+    """Stands in, on the listening session, for a route removal (``unlisten``, ``unsubscribe``)
+    whose caller was answered before its statement's answer came: backpressure began while it
+    was on its way, and its answer waits behind the unread backlog (see ``_detour``). The
+    statement runs on; what it brings back is ignored."""
+
+    __slots__ = ("_name",)
+
+    has_caller = False
+
+    def __init__(self, original: Command) -> None:
+        super().__init__()
+        self.take()
+        self._name = original.name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def refused(self, error: BaseException, requeue: Callable[[list[Notify]], None]) -> None:
+        self.future.set_result(None)  # the catch-up (Resync) UNLISTENs again anyway
+
+    def interrupted(self, reason: BaseException, routes: Routes) -> None:
+        self.future.set_result(None)  # a new session LISTENs only what is wanted
 
 
 class Resync(Command):

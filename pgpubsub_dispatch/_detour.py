@@ -32,7 +32,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from ._commands import Command, Resync
+from ._commands import Command, Overtaken, Resync
 from ._options import Options
 from ._routing import Routes
 from ._session import Session
@@ -68,16 +68,37 @@ class Detour:
         self._stalled_since = None
 
     def note_stall(self, stalled: bool, session: Session | None) -> bool:
-        """Return ``stalled``; when backpressure ends, the paused deadline counts again."""
+        """Return ``stalled``; when backpressure ends, the paused deadline counts again.
+
+        When backpressure begins while an ``unlisten`` or ``unsubscribe`` is on its way on the
+        listening session, its answer would wait behind the unread backlog, and its caller
+        with it: it is recorded in the routing table now and its caller answered, as if it
+        had come during backpressure (:class:`~pgpubsub_dispatch._commands.Overtaken` stands
+        in for it until the answer comes).
+        """
         since = self._stalled_since
         if stalled and since is None:
             self._stalled_since = time.monotonic()
+            if session is not None:
+                self._overtake(session)
         elif not stalled and since is not None:
             self._stalled_since = None
             # The statement in flight was not read meanwhile: that was no fault of the server.
             if session is not None and session.inflight_deadline is not None:
                 session.inflight_deadline += time.monotonic() - since
         return stalled
+
+    def _overtake(self, session: Session) -> None:
+        command = session.inflight
+        if command is None or not command.removes_routes:
+            return
+        session.inflight = Overtaken(command)
+        try:
+            self._record_for_later(command)
+        except Exception as exc:
+            command.future.set_exception(exc)
+        else:
+            command.future.set_result(None)
 
     @property
     def ready_to_catch_up(self) -> bool:
