@@ -379,8 +379,10 @@ class Dispatcher:
         transaction of its own, so two identical calls deliver two notifications (the server
         folds identical notifications only within one transaction). Listeners, this dispatcher
         included, receive it; its own copy carries its own ``backend_pid`` and, when this
-        dispatcher listens to ``channel``, its handlers have run when this returns (unless they
-        run on an ``executor``). To notify inside your own transaction (sent only if it
+        dispatcher listens to ``channel``, its handlers have run when this returns, unless
+        they run on an ``executor``, or this is called by a handler on the dispatcher thread
+        (they run after that handler returns: handlers never nest), or ``stop()`` is called
+        meanwhile (delivery ends). To notify inside your own transaction (sent only if it
         commits), use the module-level :func:`pgpubsub_dispatch.notify` on your connection.
 
         :param channel: exact, case-sensitive channel name (at most 63 bytes in UTF-8).

@@ -33,6 +33,21 @@ def test_handler_can_notify_listen_and_unsubscribe_in_place(bus: Dispatcher) -> 
     assert first not in bus.channels
 
 
+def test_a_notify_made_by_a_handler_is_handled_after_that_handler(bus: Dispatcher) -> None:
+    # Handlers never nest: the pong's handler runs once the ping's has returned (README).
+    ping, pong = unique("ping"), unique("pong")
+    order: list[str] = []
+
+    def on_ping(notification: Any) -> None:
+        bus.notify(pong, "from ping")  # committed when it returns
+        order.append("notify returned")
+
+    bus.subscribe(ping, on_ping)
+    bus.subscribe(pong, lambda notification: order.append("pong handled"))
+    bus.notify(ping, "go")
+    assert order == ["notify returned", "pong handled"]
+
+
 def test_a_handler_unsubscribing_a_later_one_in_place_takes_effect_at_once(
     bus: Dispatcher,
 ) -> None:
