@@ -201,32 +201,21 @@ class Delivery:
         channel = notifications[0].channel
         popleft = notifications.popleft
         before = len(notifications)
-        if len(handlers) == 1:  # the common case, without the inner loop (measured: -30 %)
-            (handler,) = handlers
-            while notifications:
-                notification = popleft()
-                if notification.channel != channel:
-                    notifications.appendleft(notification)  # the next run's
-                    break
-                try:
-                    handler(notification)
-                except BaseException as error:
-                    self.report(handler, notification, error)
-                if routes.version != version:
-                    break
-            return before - len(notifications)
+        only = handlers[0] if len(handlers) == 1 else None
         while notifications:
             notification = popleft()
             if notification.channel != channel:
-                notifications.appendleft(notification)
+                notifications.appendleft(notification)  # the next run's
                 break
-            for handler in handlers:
-                if routes.version != version and handler not in routes.table.get(channel, ()):
-                    continue
+            if only is not None:  # the common case: no inner loop, no call (measured: -30 %)
                 try:
-                    handler(notification)
+                    only(notification)
                 except BaseException as error:
-                    self.report(handler, notification, error)
+                    self.report(only, notification, error)
+            else:
+                for handler in handlers:
+                    if routes.version == version or handler in routes.table.get(channel, ()):
+                        self.call_one(handler, notification)
             if routes.version != version:
                 break
         return before - len(notifications)
