@@ -20,13 +20,7 @@ from typing import Any, Protocol
 from psycopg2 import sql
 
 from ._completion import Completion, finish_all
-from ._names import (
-    MAX_IDENTIFIER_BYTES,
-    MAX_PAYLOAD_BYTES,
-    DatabaseEncoding,
-    check_channel,
-    check_payload,
-)
+from ._names import DatabaseEncoding, check_channel, check_payload
 from ._routing import Handler, Routes
 from .errors import DispatcherStopped
 
@@ -253,25 +247,11 @@ class Notify(Command):
         self, channel: str, payload: str, encoding: DatabaseEncoding | None = None
     ) -> None:
         super().__init__()
-        self.alone = False
-        if (
-            type(channel) is str
-            and type(payload) is str
-            and channel.isascii()
-            and payload.isascii()
-            and 0 < len(channel) <= MAX_IDENTIFIER_BYTES
-            and len(payload) <= MAX_PAYLOAD_BYTES
-            and "\x00" not in channel
-            and "\x00" not in payload
-        ):
-            # Plain ASCII, the common case: one byte per character in every server encoding
-            # (all are ASCII supersets), so the checks below would all pass.
-            self.channel, self.payload = channel, payload
-            return
         self.channel = check_channel(channel)
         self.payload = check_payload(payload, encoding)
         if encoding is not None:
             encoding.check_channel(channel)
+        self.alone = False
 
     def take(self) -> bool:
         return self.alone or super().take()  # a retry was taken once already
@@ -466,7 +446,7 @@ def gather_notifies(
         if pair in taken:
             break
         queue.popleft()
-        if candidate.future.set_running_or_notify_cancel():  # take() of a first try
+        if candidate.take():
             batch.append(candidate)
             taken.add(pair)
     return first if len(batch) == 1 else NotifyBatch(batch)

@@ -59,7 +59,7 @@ def check_identifier(name: object, what: str, error: type[ValueError] = ValueErr
     if "\x00" in name:
         raise error(f"{what} must not contain NUL: {name!r}")
     try:
-        size = len(name.encode("utf-8"))
+        size = len(name) if name.isascii() else len(name.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise error(f"{what} is not valid UTF-8: {name!r}") from exc
     if size > MAX_IDENTIFIER_BYTES:
@@ -138,6 +138,8 @@ def utf8_size(payload: object) -> int:
         raise TypeError(f"payload must be a str, not {type(payload).__name__}")
     if "\x00" in payload:
         raise ValueError("payload must not contain NUL (PostgreSQL text cannot hold it)")
+    if payload.isascii():  # the common case: one byte a character, no encoding needed
+        return len(payload)
     try:
         return len(payload.encode("utf-8"))
     except UnicodeEncodeError as exc:
