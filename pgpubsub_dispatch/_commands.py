@@ -13,14 +13,15 @@ thread, or in a caller's thread while the dispatcher is not running (``record``)
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from psycopg2 import sql
 
-from ._completion import Completion, finish_all
-from ._names import DatabaseEncoding, check_channel, check_payload
+from ._completion import Completion, finish_all, start_all
+from ._names import DatabaseEncoding, check_channel, check_notification
 from ._routing import Handler, Routes
 from .errors import DispatcherStopped
 
@@ -246,11 +247,10 @@ class Notify(Command):
     def __init__(
         self, channel: str, payload: str, encoding: DatabaseEncoding | None = None
     ) -> None:
+        check_notification(channel, payload, encoding)
         super().__init__()
-        self.channel = check_channel(channel)
-        self.payload = check_payload(payload, encoding)
-        if encoding is not None:
-            encoding.check_channel(channel)
+        self.channel = channel
+        self.payload = payload
         self.alone = False
 
     def take(self) -> bool:
@@ -434,9 +434,9 @@ def gather_notifies(
     """
     if not queue or type(queue[0]) is not Notify:
         return first
-    batch = [first]
+    candidates: list[Notify] = []
     taken = {(first.channel, first.payload)}
-    while queue and len(batch) < MAX_BATCH:
+    while queue and len(candidates) < MAX_BATCH - 1:
         candidate = queue[0]
         if type(candidate) is not Notify or candidate.alone:
             break
@@ -446,7 +446,9 @@ def gather_notifies(
         if pair in taken:
             break
         queue.popleft()
-        if candidate.take():
-            batch.append(candidate)
-            taken.add(pair)
+        candidates.append(candidate)
+        taken.add(pair)
+    # None is alone, so taking them is their futures' part of take(), done for all at once.
+    started = start_all([candidate.future for candidate in candidates])
+    batch = [first, *itertools.compress(candidates, started)]
     return first if len(batch) == 1 else NotifyBatch(batch)

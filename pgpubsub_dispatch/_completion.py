@@ -22,12 +22,22 @@ from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-__all__ = ["Completion", "finish_all"]
+__all__ = ["Completion", "finish_all", "start_all"]
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 
 _lock = threading.Lock()
 """Guards the moves out of ``_PENDING`` (taken to run, or cancelled)."""
+
+_spare: list[threading.Lock] = []
+"""Locks held (acquired) and free for new completions. A waiter woken by its completion's
+release holds that lock again, and nobody else will release it, so it puts it here: making a
+lock and acquiring it took about 0.6 µs a command on Python 3.11, paid by every caller while
+the others wait for the GIL. ``list.append`` and ``list.pop`` are atomic."""
+
+_USED = threading.Lock()
+"""Stands for a lock given back, never acquired: releasing it again raises ``RuntimeError``,
+as releasing a finished completion's own lock twice would."""
 
 
 class Completion:
@@ -46,8 +56,14 @@ class Completion:
         self._state = _PENDING
         self._value: Any = None
         self._error: BaseException | None = None
+        if _spare:
+            try:
+                self._ready = _spare.pop()  # released once finished: the waiter may go on
+                return
+            except IndexError:  # another thread took the last one meanwhile
+                pass
         self._ready = threading.Lock()
-        self._ready.acquire()  # released once finished: the waiter may go on
+        self._ready.acquire()
 
     def set_running_or_notify_cancel(self) -> bool:
         """Mark it running; ``False`` if it was cancelled first (then never run it)."""
@@ -94,7 +110,11 @@ class Completion:
         state = self._state
         if state < _CANCELLED:  # pending or running
             # The value is set before the state, and the state before the release.
-            if not self._ready.acquire(True, -1 if timeout is None else timeout):
+            ready = self._ready
+            if ready.acquire(True, -1 if timeout is None else timeout):
+                self._ready = _USED
+                _spare.append(ready)  # held again, and finished: nobody releases it any more
+            else:
                 state = self._state
                 if state != _FINISHED:
                     if state == _CANCELLED:
@@ -114,3 +134,20 @@ def finish_all(completions: Sequence[Completion], value: Any) -> None:
         completion._value = value
         completion._state = _FINISHED
         completion._ready.release()
+
+
+def start_all(completions: Sequence[Completion]) -> list[bool]:
+    """:meth:`Completion.set_running_or_notify_cancel` for each, under one lock.
+
+    :returns: for each, whether it is now running (``False``: cancelled first, never run it).
+    """
+    # Taking a lock per completion cost the dispatcher thread about 1 µs a notify in a batch.
+    started = []
+    with _lock:
+        for completion in completions:
+            if completion._state == _PENDING:
+                completion._state = _RUNNING
+                started.append(True)
+            else:
+                started.append(False)
+    return started
