@@ -6,13 +6,14 @@ others waiting, and learns the outcome if it asks again.
 
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
-from pgpubsub_dispatch._completion import Completion, finish_all
+from pgpubsub_dispatch._completion import Completion, finish_all, start_all
 from tests.support.waiting import BOUND
 
 
@@ -85,3 +86,100 @@ def test_a_waiter_that_gave_up_does_not_hold_up_the_others() -> None:
         thread.join(BOUND)
     assert results == [None, None]
     assert gave_up.result(0) is None  # finished all the same: asking again tells so
+
+
+def test_start_all_takes_those_not_cancelled_and_never_the_cancelled() -> None:
+    kept, cancelled, other = Completion(), Completion(), Completion()
+    assert cancelled.cancel()
+    assert start_all([kept, cancelled, other]) == [True, False, True]
+    assert not kept.cancel() and not other.cancel()  # running: too late to take back
+    assert cancelled.cancelled()
+
+
+def _woken(done: Completion, value: object) -> object:
+    """Finish ``done`` while a thread waits on it; return what the waiter got."""
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(done.result(BOUND)))
+    waiter.start()
+    done.set_result(value)
+    waiter.join(BOUND)
+    return got[0]
+
+
+def test_a_woken_waiters_lock_serves_the_next_completion_which_still_waits() -> None:
+    done = Completion()
+    assert _woken(done, "first") == "first"
+    following = [Completion() for _ in range(3)]  # one of them gets the lock given back
+    for completion in following:
+        with pytest.raises(FutureTimeout):
+            completion.result(0.01)  # not finished: waits, whoever's lock it holds
+    with pytest.raises(RuntimeError):
+        done.set_result("again")  # finished once: a second finish fails, as before
+    for completion in following:
+        assert _woken(completion, completion) is completion
+
+
+def test_a_completion_finished_after_its_waiter_gave_up_wakes_nobody_else() -> None:
+    late = Completion()
+    assert late.set_running_or_notify_cancel()
+    with pytest.raises(FutureTimeout):
+        late.result(0.01)
+    late.set_result("late")  # its lock is released with nobody waiting: never reused
+    fresh = Completion()
+    with pytest.raises(FutureTimeout):
+        fresh.result(0.01)
+    assert late.result(0) == "late"
+    assert _woken(fresh, "fresh") == "fresh"
+
+
+def test_many_threads_each_get_their_own_outcome_with_timeouts_mixed_in() -> None:
+    """Completions made, finished and abandoned from many threads at once: every waiter that
+    did not give up gets its own value, and a new completion never finds itself finished."""
+    rounds, threads_count = 300, 8
+    handed: list[tuple[Completion, int]] = []
+    cond = threading.Condition()
+    wrong: list[str] = []
+    finished_flag = threading.Event()
+
+    def caller(index: int) -> None:
+        chooser = random.Random(index)
+        for n in range(rounds):
+            done = Completion()
+            with pytest.raises(FutureTimeout):
+                done.result(0)  # new: never finished already
+            value = index * rounds + n
+            with cond:
+                handed.append((done, value))
+                cond.notify()
+            try:
+                got = done.result(0.0005 if chooser.random() < 0.2 else BOUND)
+            except FutureTimeout:
+                continue  # gave up: finished later, by the finisher, all the same
+            if got != value:
+                wrong.append(f"{value} got {got}")
+
+    def finisher() -> None:
+        chooser = random.Random(0)
+        while not finished_flag.is_set() or handed:
+            with cond:
+                if not handed:
+                    cond.wait(0.01)
+                    continue
+                chooser.shuffle(handed)
+                taken = handed[:]
+                handed.clear()
+            for done, value in taken:
+                if done.set_running_or_notify_cancel():
+                    done.set_result(value)
+
+    owner = threading.Thread(target=finisher)
+    owner.start()
+    callers = [threading.Thread(target=caller, args=(i,)) for i in range(threads_count)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(BOUND * 3)
+    finished_flag.set()
+    owner.join(BOUND)
+    assert not any(thread.is_alive() for thread in [*callers, owner])
+    assert wrong == []
