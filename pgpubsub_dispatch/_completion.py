@@ -16,6 +16,7 @@ cancels. Taking and cancelling happen under one module lock, held for a few inst
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
@@ -38,6 +39,18 @@ the others wait for the GIL. ``list.append`` and ``list.pop`` are atomic."""
 _USED = threading.Lock()
 """Stands for a lock given back, never acquired: releasing it again raises ``RuntimeError``,
 as releasing a finished completion's own lock twice would."""
+
+
+def _after_fork_in_child() -> None:
+    """A child starts with only the thread that forked: a lock another thread of the parent
+    held at that moment would stay held for good (the child's first ``notify`` would hang)."""
+    global _lock
+    _lock = threading.Lock()
+    _spare.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Completion:

@@ -6,13 +6,16 @@ others waiting, and learns the outcome if it asks again.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
+import time
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
+from pgpubsub_dispatch import _completion
 from pgpubsub_dispatch._completion import Completion, finish_all, start_all
 from tests.support.waiting import BOUND
 
@@ -183,3 +186,44 @@ def test_many_threads_each_get_their_own_outcome_with_timeouts_mixed_in() -> Non
     owner.join(BOUND)
     assert not any(thread.is_alive() for thread in [*callers, owner])
     assert wrong == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_child_forked_while_another_thread_took_calls_can_take_and_cancel() -> None:
+    """fork() while another thread holds the lock of the moves out of pending (the dispatcher
+    thread taking a batch): the child has no such thread, and must not wait for it."""
+    held, release = threading.Event(), threading.Event()
+
+    def taking_a_batch() -> None:
+        with _completion._lock:
+            held.set()
+            release.wait(BOUND)
+
+    holder = threading.Thread(target=taking_a_batch)
+    holder.start()
+    assert held.wait(BOUND)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - reports through its exit status
+        code = 1
+        try:
+            done = threading.Event()
+
+            def body() -> None:
+                assert start_all([Completion()]) == [True]
+                assert Completion().cancel()
+                done.set()
+
+            threading.Thread(target=body, daemon=True).start()
+            code = 0 if done.wait(BOUND) else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(BOUND)
+    deadline = time.monotonic() + BOUND * 2
+    while (ended := os.waitpid(child, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+            pytest.fail("the child did not end")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(ended[1]) == 0, "the child waited for the parent's lock"
