@@ -722,6 +722,8 @@ class Loop:
             self.routes.interrupt()  # and delivers nothing more meanwhile
             if command.needs_session:
                 raise NotConnected(f"the connection was lost: {lost.reason}") from lost.reason
+            if self.session.inflight is command:
+                self.session.finish()  # settled here: the reconnection must not settle it again
             command.interrupted(lost.reason, self.routes)
             return
         command.future.result(0)

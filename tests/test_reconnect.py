@@ -19,7 +19,7 @@ import pytest
 import pgpubsub_dispatch as pg
 from pgpubsub_dispatch import Dispatcher, NotConnected
 
-from .support.dispatching import Lifecycle, sessions_named
+from .support.dispatching import Lifecycle, session_state, sessions_named
 from .support.notifying import Collector, send
 from .support.waiting import BOUND, wait_until
 
@@ -239,6 +239,55 @@ def test_a_handler_notifying_when_the_connection_dies_does_not_break_recovery(
     # Either the in-place notify made it before the loss was seen, or it failed clearly.
     assert got.payloads[-1] == "after"
     assert all(isinstance(e, (NotConnected, psycopg2.OperationalError)) for e in errors)
+
+
+@pytest.mark.parametrize("call", ["listen", "subscribe", "unlisten", "unsubscribe"])
+def test_a_handler_changing_channels_when_the_connection_died_does_not_end_the_dispatcher(
+    fast_bus: Dispatcher, sender: Any, call: str
+) -> None:
+    """The in-place call finds the session lost: it is recorded, to be made on reconnect, and
+    settled once (settled again by the reconnection, it ended the dispatcher thread)."""
+    gate, kept, changed = unique("gate"), unique(), unique()
+    got, got_changed = Collector(), Collector()
+    fast_bus.subscribe(kept, got)
+    if call in ("unlisten", "unsubscribe"):
+        fast_bus.subscribe(changed, got_changed)
+    errors: list[BaseException] = []
+    proceed, entered = threading.Event(), threading.Event()
+
+    @fast_bus.on(gate)
+    def change_channels(notification: Any) -> None:
+        entered.set()
+        proceed.wait(BOUND)
+        try:
+            if call == "listen":
+                fast_bus.listen(changed, timeout=BOUND)
+                fast_bus.signal(changed).connect(got_changed)
+            elif call == "subscribe":
+                fast_bus.subscribe(changed, got_changed, timeout=BOUND)
+            elif call == "unlisten":
+                fast_bus.unlisten(changed, timeout=BOUND)
+            else:
+                fast_bus.unsubscribe(changed, got_changed, timeout=BOUND)
+        except BaseException as exc:
+            errors.append(exc)
+
+    lifecycle = Lifecycle(fast_bus)
+    fast_bus.start(timeout=BOUND)
+    pid = fast_bus.backend_pid
+    assert pid is not None
+    send(sender, gate)
+    assert entered.wait(BOUND)
+    terminate(sender, pid)
+    wait_until(lambda: session_state(sender, pid) is None, "the session to end")
+    proceed.set()
+    lifecycle.wait_for("reconnected", 1)
+    assert fast_bus.running and errors == []
+    send(sender, changed, "changed")
+    send(sender, kept, "kept")
+    assert got.wait(1)[0].payload == "kept"
+    expected = ["changed"] if call in ("listen", "subscribe") else []
+    assert got_changed.payloads == expected
 
 
 def test_heartbeat_runs_after_silence_and_keeps_the_session(dsn: str, sender: Any) -> None:
