@@ -396,7 +396,7 @@ class Dispatcher:
         :raises TypeError: if ``payload`` is not a ``str``.
         :raises PayloadTooLarge: if ``payload`` is 8000 bytes or more in the database encoding
             (on a gap-free channel: over 16 MiB in UTF-8).
-        :raises ValueError: if ``payload`` contains NUL.
+        :raises ValueError: if ``payload`` contains NUL or a lone surrogate (not UTF-8).
         :raises DispatcherStopped: if the dispatcher is not running, or stops first.
         :raises NotConnected: if the dispatcher is reconnecting and ``timeout`` passes before
             a session is up (the notification was not sent).

@@ -39,7 +39,9 @@ class InvalidChannelName(PubSubError, ValueError):
     not a ``str``, is empty, contains NUL, or is longer than 63 bytes in UTF-8 (PostgreSQL's
     NAMEDATALEN - 1; ``LISTEN`` would silently truncate it, so two names could collide). Once
     the dispatcher has connected, also when the database encoding cannot represent the name
-    (the server would refuse it); ``start()`` raises it for such a recorded name.
+    (the server would refuse it), by ``listen``, ``subscribe`` and ``notify``; ``start()``
+    raises it for such a recorded name. ``unlisten``, ``unsubscribe`` and ``signal`` accept
+    such a name: no session can be listening to it.
     """
 
 
