@@ -94,6 +94,7 @@ class Command:
     them, so they are settled as soon as they complete, never held back with the callers'."""
 
     def __init__(self) -> None:
+        # Notify sets these two itself (one call fewer a notify): keep it in step.
         self.future = Completion()
         self.from_handler = False
         """Set when a handler running on the executor made the call (see ``_loop``)."""
