@@ -15,19 +15,18 @@ of the chain waited for a thread to be scheduled.
 Threads: the dispatcher thread takes and finishes completions; the caller's thread waits and
 cancels. Taking (one, or a batch's with :func:`start_all`) and cancelling happen under one
 module lock, never held across anything that waits; a child process made by ``fork()`` gets a
-new one.
+new one (:func:`after_fork_in_child`, called by ``_fork``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-__all__ = ["Completion", "finish_all", "start_all"]
+__all__ = ["Completion", "after_fork_in_child", "finish_all", "start_all"]
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 
@@ -45,16 +44,13 @@ _USED = threading.Lock()
 as releasing a finished completion's own lock twice would."""
 
 
-def _after_fork_in_child() -> None:
-    """A child starts with only the thread that forked: a lock another thread of the parent
-    held at that moment would stay held for good (the child's first ``notify`` would hang)."""
+def after_fork_in_child() -> None:
+    """In a child process (``_fork``): new module lock and no spare locks. The child starts
+    with only the thread that forked, so a lock another thread of the parent held at that
+    moment would stay held for good (the child's first ``notify`` would hang)."""
     global _lock
     _lock = threading.Lock()
     _spare.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Completion:

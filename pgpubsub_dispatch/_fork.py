@@ -1,9 +1,9 @@
 """Fork safety: a child process never touches the connection its parent's dispatcher owns.
 
-``os.register_at_fork`` runs :func:`_after_fork_in_child` in every child; each dispatcher
-that was :func:`track`-ed then forgets its thread and connection (see
-``Dispatcher._forget_after_fork``), after :func:`neutralise` has made the inherited socket
-harmless.
+``os.register_at_fork`` runs :func:`_after_fork_in_child` in every child: the completions'
+module lock is made anew (``_completion.after_fork_in_child``), and each dispatcher that was
+:func:`track`-ed forgets its thread and connection (see ``Dispatcher._forget_after_fork``),
+after :func:`neutralise` has made the inherited socket harmless.
 
 :func:`_after_fork_in_child` runs in the child, on the thread that called ``fork()``, before
 any other code of the child.
@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+
+from . import _completion
 
 __all__ = ["neutralise", "track"]
 
@@ -48,6 +50,7 @@ def neutralise(conn: psycopg2.extensions.connection) -> None:
 
 
 def _after_fork_in_child() -> None:
+    _completion.after_fork_in_child()  # first: forgetting may touch completions
     for dispatcher in list(_LIVE):
         dispatcher._forget_after_fork()
 

@@ -737,14 +737,13 @@ class Dispatcher:
             timeout = _timeouts.check_timeout(timeout)
             deadline = _timeouts.deadline(timeout)
         control = self._control
-        if threading.get_ident() == control.loop_ident:  # control.on_loop_thread(), inline
+        if control.on_loop_thread():
             for command in commands:
                 self._loop.run_in_place(command, deadline)
             return
         if control.state is _INHERITED:  # the first use in a child process
             self._launch(deadline, inherited_only=True)
-        if self._options.executor is not None and self._loop.delivery.in_executor_task():
-            # A handler on the executor: never waits for the listening session.
+        if self._loop.delivery.in_executor_task():  # never waits for the listening session
             for command in commands:
                 command.from_handler = True
         lock = control.lock

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
@@ -210,31 +210,50 @@ def test_a_raising_receiver_during_reconnect_does_not_stop_recovery(
     assert got.wait(1)[0].payload == "still delivered"
 
 
-def test_a_handler_notifying_when_the_connection_dies_does_not_break_recovery(
-    fast_bus: Dispatcher, sender: Any
-) -> None:
-    gate, channel = unique("gate"), unique()
-    got = Collector()
-    fast_bus.subscribe(channel, got)
+def call_in_a_handler_as_the_session_dies(
+    bus: Dispatcher, sender: Any, call: Callable[[], object], *, after_its_end: bool
+) -> list[BaseException]:
+    """Start ``bus``; in a handler, ``call()`` once its session is terminated (``after_its_end``:
+    once the server session has ended too, else racing the loss); return once reconnected.
+
+    :returns: what ``call()`` raised (empty if it returned).
+    """
+    gate = unique("gate")
     errors: list[BaseException] = []
     proceed, entered = threading.Event(), threading.Event()
 
-    @fast_bus.on(gate)
-    def notify_into_the_void(notification: Any) -> None:
+    @bus.on(gate)
+    def call_when_told(notification: Any) -> None:
         entered.set()
         proceed.wait(BOUND)
         try:
-            fast_bus.notify(channel, "from handler")
+            call()
         except BaseException as exc:
             errors.append(exc)
 
-    lifecycle = Lifecycle(fast_bus)
-    fast_bus.start(timeout=BOUND)
+    lifecycle = Lifecycle(bus)
+    bus.start(timeout=BOUND)
+    pid = bus.backend_pid
+    assert pid is not None
     send(sender, gate)
     assert entered.wait(BOUND)
-    terminate(sender, fast_bus.backend_pid)
+    terminate(sender, pid)
+    if after_its_end:
+        wait_until(lambda: session_state(sender, pid) is None, "the session to end")
     proceed.set()
     lifecycle.wait_for("reconnected", 1)
+    return errors
+
+
+def test_a_handler_notifying_when_the_connection_dies_does_not_break_recovery(
+    fast_bus: Dispatcher, sender: Any
+) -> None:
+    channel = unique()
+    got = Collector()
+    fast_bus.subscribe(channel, got)
+    errors = call_in_a_handler_as_the_session_dies(
+        fast_bus, sender, lambda: fast_bus.notify(channel, "from handler"), after_its_end=False
+    )
     fast_bus.notify(channel, "after")
     # Either the in-place notify made it before the loss was seen, or it failed clearly.
     assert got.payloads[-1] == "after"
@@ -247,41 +266,26 @@ def test_a_handler_changing_channels_when_the_connection_died_does_not_end_the_d
 ) -> None:
     """The in-place call finds the session lost: it is recorded, to be made on reconnect, and
     settled once (settled again by the reconnection, it ended the dispatcher thread)."""
-    gate, kept, changed = unique("gate"), unique(), unique()
+    kept, changed = unique(), unique()
     got, got_changed = Collector(), Collector()
     fast_bus.subscribe(kept, got)
     if call in ("unlisten", "unsubscribe"):
         fast_bus.subscribe(changed, got_changed)
-    errors: list[BaseException] = []
-    proceed, entered = threading.Event(), threading.Event()
 
-    @fast_bus.on(gate)
-    def change_channels(notification: Any) -> None:
-        entered.set()
-        proceed.wait(BOUND)
-        try:
-            if call == "listen":
-                fast_bus.listen(changed, timeout=BOUND)
-                fast_bus.signal(changed).connect(got_changed)
-            elif call == "subscribe":
-                fast_bus.subscribe(changed, got_changed, timeout=BOUND)
-            elif call == "unlisten":
-                fast_bus.unlisten(changed, timeout=BOUND)
-            else:
-                fast_bus.unsubscribe(changed, got_changed, timeout=BOUND)
-        except BaseException as exc:
-            errors.append(exc)
+    def change_channels() -> None:
+        if call == "listen":
+            fast_bus.listen(changed, timeout=BOUND)
+            fast_bus.signal(changed).connect(got_changed)
+        elif call == "subscribe":
+            fast_bus.subscribe(changed, got_changed, timeout=BOUND)
+        elif call == "unlisten":
+            fast_bus.unlisten(changed, timeout=BOUND)
+        else:
+            fast_bus.unsubscribe(changed, got_changed, timeout=BOUND)
 
-    lifecycle = Lifecycle(fast_bus)
-    fast_bus.start(timeout=BOUND)
-    pid = fast_bus.backend_pid
-    assert pid is not None
-    send(sender, gate)
-    assert entered.wait(BOUND)
-    terminate(sender, pid)
-    wait_until(lambda: session_state(sender, pid) is None, "the session to end")
-    proceed.set()
-    lifecycle.wait_for("reconnected", 1)
+    errors = call_in_a_handler_as_the_session_dies(
+        fast_bus, sender, change_channels, after_its_end=True
+    )
     assert fast_bus.running and errors == []
     send(sender, changed, "changed")
     send(sender, kept, "kept")
